@@ -1,0 +1,89 @@
+"""Registered benchmark suites and what they yield."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    """Settings every suite receives. ``quick`` asks for smaller sizes (CI, smoke runs)."""
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    quick: bool = False
+    model: str | None = None
+
+
+@dataclasses.dataclass
+class Case:
+    """One timed row.
+
+    ``fn`` is called repeatedly and timed; ``items`` is how many ``unit``s one call processes,
+    so throughput is ``items / median``. Within a ``group``, every case is compared with the
+    case marked ``baseline``. ``metrics`` are extra columns measured once (MACs, PSNR, memory).
+    """
+
+    name: str
+    fn: Callable[[], Any]
+    items: float = 1.0
+    unit: str = "calls"
+    group: str = ""
+    baseline: bool = False
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    cases: Callable[[BenchOptions], Iterable[Case]]
+
+
+_SUITES: dict[str, Suite] = {}
+
+
+def register_benchmark(
+    name: str, description: str
+) -> Callable[[Callable[[BenchOptions], Iterable[Case]]], Callable[[BenchOptions], Iterable[Case]]]:
+    """Register a suite: a function from :class:`BenchOptions` to the :class:`Case` s to time."""
+
+    def decorator(
+        cases: Callable[[BenchOptions], Iterable[Case]],
+    ) -> Callable[[BenchOptions], Iterable[Case]]:
+        if name in _SUITES:
+            raise ValueError(f"benchmark {name!r} is already registered")
+        _SUITES[name] = Suite(name, description, cases)
+        return cases
+
+    return decorator
+
+
+def load_suites() -> dict[str, Suite | Exception]:
+    """Import every known suite module; a suite whose optional dependency is missing maps to
+    the import error so that ``--list`` can say why it is unavailable."""
+    from leanvision.bench.suites import SUITES
+
+    found: dict[str, Suite | Exception] = {}
+    for name, module in SUITES.items():
+        try:
+            importlib.import_module(module)
+            found[name] = _SUITES[name]
+        except ImportError as error:
+            found[name] = error
+    return found
+
+
+def get_suite(name: str) -> Suite:
+    suites = load_suites()
+    if name not in suites:
+        raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(sorted(suites))}")
+    suite = suites[name]
+    if isinstance(suite, Exception):
+        raise suite
+    return suite

@@ -1,0 +1,90 @@
+"""Present timings: a plain-text table, a JSON file with the environment, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from leanvision.bench.runner import Timing
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(timings: Sequence[Timing]) -> str:
+    """A fixed-width table, one row per case, grouped as the suites yielded them."""
+    metric_names: list[str] = []
+    for timing in timings:
+        metric_names += [name for name in timing.metrics if name not in metric_names]
+    header = ["suite", "group", "case", "ms/call", "spread", "throughput", "vs baseline"]
+    header += metric_names
+    rows = [header]
+    for t in timings:
+        speedup = "-" if t.speedup is None else ("baseline" if t.baseline else f"{t.speedup:.2f}x")
+        row = [
+            t.suite,
+            t.group,
+            t.case,
+            f"{t.median_s * 1e3:.3f}",
+            f"±{t.spread * 100:.1f}%",
+            f"{t.throughput:.4g} {t.unit}/s",
+            speedup,
+        ]
+        row += [
+            _format_metric(t.metrics[name]) if name in t.metrics else "" for name in metric_names
+        ]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def write_json(
+    timings: Sequence[Timing], path: str | os.PathLike, environment: dict, options: dict
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "environment": environment,
+        "options": options,
+        "results": [t.to_dict() for t in timings],
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def write_plot(timings: Sequence[Timing], path: str | os.PathLike) -> Path:
+    """Horizontal bars of throughput, one panel per (suite, group), baseline drawn grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[Timing]] = {}
+    for timing in timings:
+        groups.setdefault((timing.suite, timing.group), []).append(timing)
+    figure, axes = plt.subplots(
+        len(groups), 1, figsize=(8, 1.2 + 0.45 * len(timings) + 0.6 * len(groups)), squeeze=False
+    )
+    for axis, ((suite, group), rows) in zip(axes[:, 0], groups.items(), strict=True):
+        colours = ["#999999" if row.baseline else "#3b7dd8" for row in rows]
+        axis.barh([row.case for row in rows], [row.throughput for row in rows], color=colours)
+        axis.invert_yaxis()
+        axis.set_title(f"{suite}: {group}" if group else suite, fontsize=10)
+        axis.set_xlabel(f"{rows[0].unit}/s")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,34 @@
+"""Exceptions that are part of leanvision's public API."""
+
+from __future__ import annotations
+
+
+class UnsupportedModelError(TypeError):
+    """The model given to a leanvision entry point is not of a supported family.
+
+    The message names the model's class and lists the families that are supported.
+    """
+
+    def __init__(self, model: object, supported: list[str] | tuple[str, ...], what: str = "model"):
+        self.model_class = type(model).__name__
+        self.supported = tuple(supported)
+        super().__init__(
+            f"{what} of class {self.model_class!r} is not supported; "
+            f"supported families: {', '.join(self.supported)}"
+        )
+
+
+class AlreadyPatchedError(RuntimeError):
+    """A leanvision family already patches this model; remove its Handle first."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency needed for this feature is not installed."""
+
+    def __init__(self, package: str, extra: str, feature: str):
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the optional package {package!r}; "
+            f"install it with: pip install 'leanvision[{extra}]'"
+        )

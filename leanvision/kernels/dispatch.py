@@ -1,0 +1,80 @@
+"""Which implementation a kernel call runs: the Triton kernel or its torch reference.
+
+``backend="auto"`` picks Triton for CUDA tensors on devices of compute capability >= 8.0, and
+for CPU tensors when ``TRITON_INTERPRET=1`` (how the tests run the kernels on a CPU); torch
+everywhere else. The environment variable ``LEANVISION_KERNELS=triton|torch`` overrides
+``"auto"`` for a whole process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+MIN_CAPABILITY = (8, 0)
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_supports(device: torch.device) -> bool:
+    """Whether the Triton path can run on tensors living on ``device``."""
+    if not triton_installed():
+        return False
+    if device.type == "cpu":
+        return interpreter_enabled()
+    if device.type == "cuda":
+        return interpreter_enabled() or torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
+    return False
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Return ``"triton"`` or ``"torch"`` for a call with tensors on ``device``.
+
+    >>> resolve_backend("torch", torch.device("cpu"))
+    'torch'
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {list(BACKENDS)}")
+    if backend == "auto":
+        override = os.environ.get("LEANVISION_KERNELS", "").strip().lower()
+        if override and override not in ("triton", "torch", "auto"):
+            raise ValueError(
+                f"LEANVISION_KERNELS={override!r} is not allowed; choose triton, torch or auto"
+            )
+        backend = override if override in ("triton", "torch") else "auto"
+    if backend == "torch":
+        return "torch"
+    if triton_supports(device):
+        return "triton"
+    if backend == "triton":
+        raise RuntimeError(
+            f"backend='triton' cannot run on {device}: "
+            + (
+                "triton is not installed"
+                if not triton_installed()
+                else "needs a CUDA device of compute capability >= 8.0, or TRITON_INTERPRET=1"
+            )
+        )
+    return "torch"
+
+
+def kernel_mode() -> str:
+    """How kernels run in this process by default: compiled, interpreted or torch fallback."""
+    if not triton_installed():
+        return "torch fallback (triton not installed)"
+    if interpreter_enabled():
+        return "interpreted (TRITON_INTERPRET=1)"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= MIN_CAPABILITY:
+        return "compiled (triton on CUDA)"
+    return "torch fallback (no CUDA device of compute capability >= 8.0)"
