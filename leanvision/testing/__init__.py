@@ -31,6 +31,7 @@ _FACTORIES = {
         "tiny_pixart",
         "tiny_dit",
         "tiny_flux",
+        "tiny_sd3",
     ),
     "leanvision.testing.tiny_vision": ("tiny_efficientvit",),
 }

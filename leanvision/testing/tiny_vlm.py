@@ -1,0 +1,485 @@
+"""Tiny random-weight VLMs of every supported transformers family, built offline.
+
+Each factory builds the real transformers model class from a config with tiny widths, seeds
+its weights, and runs the family's real image/video processor (with an in-memory WordLevel
+tokenizer) on random images, so ``inputs`` hold exactly what the model needs: placeholder
+tokens expanded to the right count, ``pixel_values``, ``image_sizes``, ``image_grid_thw``,
+``mm_token_type_ids``, ``pixel_attention_mask``... With ``batch > 1`` every row gets its own
+image and a prompt of a different length, left-padded.
+
+>>> tiny = tiny_llava(batch=2)
+>>> tiny.model(**tiny.inputs).logits.shape[:2] == tiny.inputs["input_ids"].shape
+True
+>>> tiny.info["num_image_tokens"]
+64
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from leanvision.testing.common import TinyModel
+from leanvision.testing.vlm_shapes import REAL_SHAPES, TINY_SHAPES, VLMShape, scale_shape
+
+__all__ = [
+    "tiny_idefics3",
+    "tiny_llava",
+    "tiny_llava_next",
+    "tiny_llava_onevision",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen2_vl",
+    "vlm_shaped",
+]
+
+_BASE_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "user", "assistant"]
+_WORDS = [f"w{i}" for i in range(64)]
+# Placeholder and structure tokens of each family, as its processor spells them.
+_FAMILY_TOKENS = {
+    "llava": ["<image>"],
+    "llava_next": ["<image>"],
+    "llava_onevision": ["<image>", "<video>", "<|im_start|>", "<|im_end|>"],
+    "qwen2_vl": ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+    + ["<|image_pad|>", "<|video_pad|>"],
+    "idefics3": ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)],
+}
+_FAMILY_TOKENS["qwen2_5_vl"] = _FAMILY_TOKENS["qwen2_vl"]
+
+
+def _tokenizer(family: str) -> tf.PreTrainedTokenizerFast:
+    """A whitespace WordLevel tokenizer whose special tokens are the family's placeholders."""
+    specials = _FAMILY_TOKENS[family]
+    vocab = {token: index for index, token in enumerate(_BASE_TOKENS + specials + _WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = tf.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|im_end|>" if "<|im_end|>" in vocab else "</s>",
+        padding_side="left",
+    )
+    # Special tokens are matched before whitespace splitting, so "<image><image>" is 2 tokens.
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer
+
+
+def _prompts(family: str, batch: int, words: int, seed: int, media: str) -> list[str]:
+    """One prompt per row, each a different length so left padding differs between rows."""
+    rng = random.Random(seed)
+    prompts = []
+    for row in range(batch):
+        text = " ".join(rng.choice(_WORDS) for _ in range(max(1, words - 3 * row)))
+        if family.startswith("qwen2"):
+            pad = "<|video_pad|>" if media == "video" else "<|image_pad|>"
+            body = f"<|vision_start|>{pad}<|vision_end|> {text}"
+            prompts.append(f"<|im_start|> user {body} <|im_end|> <|im_start|> assistant")
+        elif family == "llava_onevision":
+            body = f"{'<video>' if media == 'video' else '<image>'} {text}"
+            prompts.append(f"<|im_start|> user {body} <|im_end|> <|im_start|> assistant")
+        elif family == "idefics3":
+            prompts.append(f"<s> user <image> {text} <end_of_utterance> assistant")
+        else:
+            prompts.append(f"<s> USER: <image> {text} ASSISTANT:")
+    return prompts
+
+
+def _random_images(batch: int, hw: tuple[int, int], seed: int) -> list[np.ndarray]:
+    generator = torch.Generator().manual_seed(seed + 1)
+    pixels = torch.randint(0, 256, (batch, *hw, 3), generator=generator, dtype=torch.uint8)
+    return list(pixels.numpy())
+
+
+def _random_videos(batch: int, frames: int, hw: tuple[int, int], seed: int) -> list[np.ndarray]:
+    generator = torch.Generator().manual_seed(seed + 2)
+    pixels = torch.randint(0, 256, (batch, frames, *hw, 3), generator=generator, dtype=torch.uint8)
+    return list(pixels.numpy())
+
+
+def _text_config(shape: VLMShape, tokenizer, model_type: str) -> dict[str, Any]:
+    text = shape.text
+    return {
+        "model_type": model_type,
+        "vocab_size": max(shape.vocab_size, len(tokenizer)),
+        "hidden_size": text.hidden,
+        "intermediate_size": text.intermediate,
+        "num_hidden_layers": text.layers,
+        "num_attention_heads": text.heads,
+        "num_key_value_heads": text.kv,
+        "head_dim": text.dim_per_head,
+        "max_position_embeddings": 8192,
+        "rope_theta": shape.rope_theta,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _tower_config(shape: VLMShape, model_type: str) -> dict[str, Any]:
+    vision = shape.vision
+    return {
+        "model_type": model_type,
+        "hidden_size": vision.hidden,
+        "intermediate_size": vision.intermediate,
+        "num_hidden_layers": vision.layers,
+        "num_attention_heads": vision.heads,
+        "image_size": shape.tower_image_size,
+        "patch_size": shape.patch_size,
+    }
+
+
+def _normalize(processor_class, **kwargs):
+    return processor_class(image_mean=[0.5] * 3, image_std=[0.5] * 3, **kwargs)
+
+
+def _llava_parts(shape: VLMShape, tokenizer):
+    """LLaVA-1.5 / LLaVA-NeXT: CLIP tower (CLS dropped), 2-layer MLP projector, Llama LM."""
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    side = shape.tower_image_size
+    common = {
+        "vision_config": _tower_config(shape, "clip_vision_model"),
+        "text_config": _text_config(shape, tokenizer, "llama"),
+        "image_token_index": image_token_id,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+    }
+    processor_args = {
+        "patch_size": shape.patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,  # CLIP's CLS, which "default" then drops
+    }
+    if shape.family == "llava":
+        config = tf.LlavaConfig(**common, image_seq_length=(side // shape.patch_size) ** 2)
+        image_processor = _normalize(
+            tf.CLIPImageProcessor,
+            size={"shortest_edge": side},
+            crop_size={"height": side, "width": side},
+        )
+        processor = tf.LlavaProcessor(image_processor, tokenizer, **processor_args)
+        return tf.LlavaForConditionalGeneration, config, processor
+    pinpoints = [list(p) for p in shape.grid_pinpoints]
+    config = tf.LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+    image_processor = _normalize(
+        tf.LlavaNextImageProcessor,
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = tf.LlavaNextProcessor(image_processor, tokenizer, **processor_args)
+    return tf.LlavaNextForConditionalGeneration, config, processor
+
+
+def _onevision_parts(shape: VLMShape, tokenizer):
+    """LLaVA-OneVision: SigLIP tower without CLS or head, anyres-max-9 tiles, Qwen2 LM."""
+    side = shape.tower_image_size
+    pinpoints = [list(p) for p in shape.grid_pinpoints]
+    config = tf.LlavaOnevisionConfig(
+        vision_config={**_tower_config(shape, "siglip_vision_model"), "vision_use_head": False},
+        text_config=_text_config(shape, tokenizer, "qwen2"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=pinpoints,
+    )
+    size = {"height": side, "width": side}
+    image_processor = _normalize(
+        tf.LlavaOnevisionImageProcessor, size=size, image_grid_pinpoints=pinpoints
+    )
+    video_processor = _normalize(tf.LlavaOnevisionVideoProcessor, size=size)
+    processor = tf.LlavaOnevisionProcessor(
+        image_processor,
+        tokenizer,
+        video_processor,
+        num_image_tokens=(side // shape.patch_size) ** 2,
+        vision_feature_select_strategy="full",
+    )
+    return tf.LlavaOnevisionForConditionalGeneration, config, processor
+
+
+def _qwen_vl_parts(shape: VLMShape, tokenizer):
+    """Qwen2-VL / Qwen2.5-VL: native-resolution ViT, 2x2 patch merger, M-RoPE Qwen2 LM."""
+    vision, text = shape.vision, shape.text
+    # M-RoPE splits each rotary half (head_dim / 2) into temporal/height/width sections in
+    # the real 16:24:24 proportion.
+    half = text.dim_per_head // 2
+    temporal = round(half * 16 / 64)
+    height = (half - temporal) // 2
+    text_config = _text_config(shape, tokenizer, f"{shape.family}_text")
+    text_config["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": shape.rope_theta,
+        "mrope_section": [temporal, height, half - temporal - height],
+    }
+    del text_config["rope_theta"]
+    vision_config = {
+        "depth": vision.layers,
+        "num_heads": vision.heads,
+        "patch_size": shape.patch_size,
+        "spatial_merge_size": shape.merge_size,
+        "temporal_patch_size": shape.temporal_patch_size,
+    }
+    if shape.family == "qwen2_vl":
+        vision_config |= {
+            "embed_dim": vision.hidden,
+            "hidden_size": text.hidden,
+            "mlp_ratio": max(1, round(vision.intermediate / vision.hidden)),
+        }
+        config_class, model_class = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration
+    else:
+        vision_config |= {
+            "hidden_size": vision.hidden,
+            "intermediate_size": vision.intermediate,
+            "out_hidden_size": text.hidden,
+            "window_size": shape.window_size,
+            "fullatt_block_indexes": list(shape.fullatt_block_indexes),
+        }
+        config_class, model_class = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
+        for name in ("image_pad", "video_pad", "vision_start", "vision_end")
+    }
+    config = config_class(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["image_pad"],
+        video_token_id=ids["video_pad"],
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+    )
+    # Pixel budgets wide enough that the processor keeps our image sizes (rounded to the
+    # patch x merge grid) instead of rescaling them.
+    factor = shape.patch_size * shape.merge_size
+    hws = [shape.image_hw, shape.video_hw or shape.image_hw]
+    pixels = {
+        "shortest_edge": factor * factor,
+        "longest_edge": max(h * w for h, w in hws) + factor * factor,
+    }
+    grid = {
+        "patch_size": shape.patch_size,
+        "merge_size": shape.merge_size,
+        "temporal_patch_size": shape.temporal_patch_size,
+    }
+    image_processor = _normalize(tf.Qwen2VLImageProcessor, size=pixels, **grid)
+    if hasattr(tf.Qwen2VLVideoProcessor, "cap_pixels_per_frame"):  # transformers >= 5.2x
+        # Our pixel budget already fits the clip; saying so silences a deprecation warning.
+        grid["cap_pixels_per_frame"] = False
+    video_processor = _normalize(tf.Qwen2VLVideoProcessor, size=pixels, **grid)
+    processor_class = tf.Qwen2VLProcessor if shape.family == "qwen2_vl" else tf.Qwen2_5_VLProcessor
+    processor = processor_class(image_processor, tokenizer, video_processor)
+    return model_class, config, processor
+
+
+def _idefics3_parts(shape: VLMShape, tokenizer):
+    """Idefics3 / SmolVLM: SigLIP-style tower per crop, pixel-shuffle connector, Llama LM."""
+    side = shape.tower_image_size
+    vision_config = _tower_config(shape, "idefics3_vision")
+    config = tf.Idefics3Config(
+        vision_config=vision_config,
+        text_config=_text_config(shape, tokenizer, "llama"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=shape.scale_factor,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    image_processor = _normalize(
+        tf.Idefics3ImageProcessor,
+        size={"longest_edge": max(shape.image_hw)},
+        max_image_size={"longest_edge": side},
+        do_image_splitting=True,
+    )
+    tokens_per_crop = (side // shape.patch_size) ** 2 // shape.scale_factor**2
+    processor = tf.Idefics3Processor(image_processor, tokenizer, image_seq_len=tokens_per_crop)
+    return tf.Idefics3ForConditionalGeneration, config, processor
+
+
+_PARTS = {
+    "llava": _llava_parts,
+    "llava_next": _llava_parts,
+    "llava_onevision": _onevision_parts,
+    "qwen2_vl": _qwen_vl_parts,
+    "qwen2_5_vl": _qwen_vl_parts,
+    "idefics3": _idefics3_parts,
+}
+
+
+def _count_media_tokens(processor, shape: VLMShape, video: bool) -> dict[str, int]:
+    """Placeholder tokens per image / video, from the processor's own size arithmetic."""
+    image = processor._get_num_multimodal_tokens(image_sizes=[shape.image_hw])
+    counts = {"num_image_tokens": int(image["num_image_tokens"][0])}
+    if shape.family == "idefics3":
+        # Idefics3 counts its crop separators too; the LLM sees image_seq_len <image> per crop.
+        counts["num_image_tokens"] = int(image["num_image_patches"][0]) * processor.image_seq_len
+    if video:
+        video_size = [(shape.video_frames, *shape.video_hw)]
+        counted = processor._get_num_multimodal_tokens(video_sizes=video_size)
+        counts["num_video_tokens"] = int(counted["num_video_tokens"][0])
+    return counts
+
+
+def build_vlm(
+    shape: VLMShape,
+    batch: int = 1,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    video: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TinyModel:
+    """Build ``shape``'s model with seeded random weights and processor-made inputs.
+
+    ``video=True`` gives every row a video instead of an image (OneVision and Qwen-VL only).
+    Weights are created directly on ``device`` in ``dtype`` (full-size shapes fit a GPU without
+    a CPU copy); pixel inputs are cast to ``dtype``, ids and masks stay integer.
+
+    >>> from leanvision.testing.vlm_shapes import TINY_SHAPES
+    >>> build_vlm(TINY_SHAPES["qwen2_vl"], batch=2).inputs["image_grid_thw"].tolist()
+    [[1, 12, 16], [1, 12, 16]]
+    """
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}"
+        )
+    if video and shape.video_hw is None:
+        raise ValueError(
+            f"video=True is supported for families with video input, not {shape.family!r}"
+        )
+    tokenizer = _tokenizer(shape.family)
+    model_class, config, processor = _PARTS[shape.family](shape, tokenizer)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_class._from_config(config, dtype=dtype).eval()
+    model.set_attn_implementation(attn_implementation)
+    generation = model.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+
+    media = "video" if video else "image"
+    text = _prompts(shape.family, batch, shape.prompt_words, seed, media)
+    if video:
+        clips = _random_videos(batch, shape.video_frames, shape.video_hw, seed)
+        inputs = processor(text=text, videos=clips, return_tensors="pt", padding=True)
+    else:
+        images = _random_images(batch, shape.image_hw, seed)
+        inputs = processor(text=text, images=images, return_tensors="pt", padding=True)
+    inputs = {
+        key: value.to(device, dtype if key.startswith("pixel_values") else None)
+        for key, value in inputs.items()
+    }
+    info = {
+        "family": shape.family,
+        "image_token_id": config.image_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "image_hw": shape.image_hw,
+        "num_text_layers": shape.text.layers,
+        "num_vision_layers": shape.vision.layers,
+        "media": media,
+        "tokenizer": tokenizer,
+        "processor": processor,
+        "shape": shape,
+        **_count_media_tokens(processor, shape, video),
+    }
+    if shape.video_hw is not None:
+        info["video_token_id"] = config.video_token_id
+    return TinyModel(model=model, inputs=inputs, info=info)
+
+
+def tiny_llava(batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa") -> TinyModel:
+    """LLaVA-1.5: CLIP tower (32 px, patch 4: 64 image tokens), Llama LM with GQA 4:2.
+
+    >>> tiny_llava().info["family"]
+    'llava'
+    """
+    return build_vlm(TINY_SHAPES["llava"], batch, seed, attn_implementation)
+
+
+def tiny_llava_next(batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa") -> TinyModel:
+    """LLaVA-NeXT: a 40x72 image tiled into anyres crops plus a base view, with image_newline.
+
+    >>> tiny_llava_next().inputs["image_sizes"].tolist()
+    [[40, 72]]
+    """
+    return build_vlm(TINY_SHAPES["llava_next"], batch, seed, attn_implementation)
+
+
+def tiny_llava_onevision(
+    batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa", video: bool = False
+) -> TinyModel:
+    """LLaVA-OneVision: SigLIP tower (no CLS), anyres_max_9 images or 4-frame videos, Qwen2 LM.
+
+    >>> tiny_llava_onevision(video=True).inputs["pixel_values_videos"].shape[:2]
+    torch.Size([1, 4])
+    """
+    return build_vlm(TINY_SHAPES["llava_onevision"], batch, seed, attn_implementation, video)
+
+
+def tiny_qwen2_vl(
+    batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa", video: bool = False
+) -> TinyModel:
+    """Qwen2-VL: 48x64 image -> 12x16 patches -> 48 merged tokens (or a 4-frame 32x32 video).
+
+    >>> tiny_qwen2_vl().info["num_image_tokens"]
+    48
+    """
+    return build_vlm(TINY_SHAPES["qwen2_vl"], batch, seed, attn_implementation, video)
+
+
+def tiny_qwen2_5_vl(
+    batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa", video: bool = False
+) -> TinyModel:
+    """Qwen2.5-VL: 4 ViT blocks, 0 and 2 windowed (2x2 merged tokens), 1 and 3 global.
+
+    >>> tiny_qwen2_5_vl().model.config.vision_config.fullatt_block_indexes
+    [1, 3]
+    """
+    return build_vlm(TINY_SHAPES["qwen2_5_vl"], batch, seed, attn_implementation, video)
+
+
+def tiny_idefics3(batch: int = 1, seed: int = 0, attn_implementation: str = "sdpa") -> TinyModel:
+    """Idefics3 / SmolVLM: a 64x64 image split into 2x2 crops + global view, 16 tokens each.
+
+    >>> tiny_idefics3().info["num_image_tokens"]
+    80
+    """
+    return build_vlm(TINY_SHAPES["idefics3"], batch, seed, attn_implementation)
+
+
+def vlm_shaped(
+    name: str,
+    width_scale: float = 1 / 16,
+    depth_scale: float = 1 / 8,
+    batch: int = 1,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    video: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TinyModel:
+    """A named checkpoint's architecture, narrowed and shortened, with its real token counts.
+
+    Widths (hidden, MLP, heads) scale by ``width_scale`` and layer counts by ``depth_scale``;
+    image size, patch size, merging and vocabulary stay real, so e.g. ``"llava-1.5-7b"`` still
+    puts 576 image tokens into a prompt of ~40 text tokens. ``width_scale=depth_scale=1``
+    builds the full-size model (random weights; pass ``device="cuda", dtype=torch.bfloat16``).
+    Names: see ``REAL_SHAPES``.
+
+    >>> tiny = vlm_shaped("llava-1.5-7b", width_scale=1 / 64, depth_scale=1 / 16)
+    >>> tiny.info["num_image_tokens"], tiny.info["num_text_layers"]
+    (576, 2)
+    """
+    if name not in REAL_SHAPES:
+        raise ValueError(f"name must be one of {sorted(REAL_SHAPES)}, got {name!r}")
+    shape = scale_shape(REAL_SHAPES[name], width_scale, depth_scale)
+    tiny = build_vlm(shape, batch, seed, attn_implementation, video, device, dtype)
+    tiny.info["name"] = name
+    return tiny
