@@ -13,7 +13,7 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[video,demo,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[video,demo,dev,train]"
 	touch $(STAMP)
 
 setup: $(STAMP)
