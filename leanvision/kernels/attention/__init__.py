@@ -1,0 +1,1 @@
+"""Prefill attention (GQA, padding mask, bottom-right causal): reference, Triton, custom op."""

@@ -1,0 +1,1 @@
+"""EfficientViT's ReLU linear attention: torch reference, Triton kernel, custom op."""

@@ -1,0 +1,1 @@
+"""Attention each key receives (softmax column means) without the attention matrix."""

@@ -1,0 +1,62 @@
+"""Shared test helpers for the kernel tests: error metric, tolerances, poisoned buffers."""
+
+from __future__ import annotations
+
+import torch
+
+# Relative-error bounds ||out - ref|| / ||ref|| against a float64 reference, per input dtype.
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+CPU_DTYPES = (torch.float32, torch.float16)  # bf16 is broken under the Triton interpreter
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, in float64; NaN anywhere gives inf (NaN never passes)."""
+    out, ref = out.double(), ref.double()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if not torch.isfinite(out).all():
+        return float("inf")
+    scale = ref.norm().item()
+    return (out - ref).norm().item() / (scale if scale > 0 else 1.0)
+
+
+def poisoned(shape, dtype: torch.dtype, device="cpu") -> torch.Tensor:
+    """An output buffer full of NaN: any element a kernel forgets to write fails the test."""
+    return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+
+def padding_from_lengths(lengths, keys: int, left: bool = False) -> torch.Tensor:
+    """(B, Lk) bool key_padding_mask, True at padding: row b keeps ``lengths[b]`` keys."""
+    positions = torch.arange(keys)[None]
+    valid = torch.as_tensor(lengths)[:, None]
+    padding = positions >= valid
+    return padding.flip(-1) if left else padding
+
+
+def explicit_probs(q, k, *, causal=False, scale=None, key_padding_mask=None) -> torch.Tensor:
+    """The full (B, Hq, Lq, Lk) softmax matrix in float64, built the obvious way (test oracle).
+
+    GQA heads are repeated; causal is bottom-right aligned; rows with no allowed key are 0.
+    """
+    q, k = q.double(), k.double()
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    queries, keys = q.shape[2], k.shape[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q @ k.transpose(-1, -2)) * scale
+    allowed = torch.ones(queries, keys, dtype=torch.bool)
+    if causal:
+        allowed = torch.arange(keys)[None] <= torch.arange(queries)[:, None] + (keys - queries)
+    allowed = allowed[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]
+    probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return torch.nan_to_num(probs, nan=0.0)
+
+
+def explicit_attention(q, k, v, **kwargs) -> torch.Tensor:
+    """Float64 attention output from :func:`explicit_probs`."""
+    v = v.double().repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return explicit_probs(q, k, **kwargs) @ v
