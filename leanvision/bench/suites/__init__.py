@@ -2,6 +2,7 @@
 
 SUITES: dict[str, str] = {
     "decode": "leanvision.bench.suites.decode",
+    "seg": "leanvision.bench.suites.seg",
 }
 
 # What ``leanvision bench`` (and ``make bench``) runs when no name is given.

@@ -1,0 +1,48 @@
+"""EfficientViT: Lite multi-scale linear attention, B0-B3 segmentation, timm interop.
+
+Names load on first access, so ``import leanvision.vision`` imports neither timm nor the
+kernels.
+
+>>> import torch
+>>> from leanvision import vision
+>>> model = vision.efficientvit_seg("b0", num_classes=19)
+>>> model(torch.randn(1, 3, 64, 64)).shape
+torch.Size([1, 19, 8, 8])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LiteMLA": "leanvision.vision.lite_mla",
+    "EfficientViTBackbone": "leanvision.vision.backbone",
+    "VARIANTS": "leanvision.vision.backbone",
+    "SegHead": "leanvision.vision.seg_head",
+    "EfficientViTSeg": "leanvision.vision.seg_model",
+    "efficientvit_seg": "leanvision.vision.seg_model",
+    "from_timm": "leanvision.vision.timm_interop",
+    "load_timm_backbone": "leanvision.vision.timm_interop",
+    "segment": "leanvision.vision.segmentation",
+    "colorize": "leanvision.vision.segmentation",
+    "SegmentationResult": "leanvision.vision.segmentation",
+    "fuse_batchnorm": "leanvision.vision.inference",
+    "optimize_for_inference": "leanvision.vision.inference",
+    "PALETTES": "leanvision.vision.palettes",
+    "Palette": "leanvision.vision.palettes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leanvision.vision' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

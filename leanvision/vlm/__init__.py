@@ -1,0 +1,56 @@
+"""Visual-token compression for transformers VLMs.
+
+``compress(model, method, **config) -> Handle`` shortens the visual part of the prompt
+(pre-LLM methods) or drops visual tokens inside the language model (in-LLM methods), for
+LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL and Idefics3/SmolVLM.
+
+>>> import leanvision as lv                                   # doctest: +SKIP
+>>> h = lv.vlm.compress(model, "visionzip", tokens=64)         # doctest: +SKIP
+>>> model.generate(**inputs); h.remove()                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "compress": "leanvision.vlm.api",
+    "get_adapter": "leanvision.vlm.adapters",
+    "supported_families": "leanvision.vlm.adapters",
+    "VLMAdapter": "leanvision.vlm.adapters",
+    "METHODS": "leanvision.vlm.registry",
+    "load_methods": "leanvision.vlm.registry",
+    "BudgetConfig": "leanvision.vlm.methods",
+    "VisionZip": "leanvision.vlm.methods",
+    "PruMergePlus": "leanvision.vlm.methods",
+    "ToMe": "leanvision.vlm.methods",
+    "DivPrune": "leanvision.vlm.methods",
+    "RandomPrune": "leanvision.vlm.methods",
+    "Pool": "leanvision.vlm.methods",
+    "Temporal": "leanvision.vlm.video",
+    "ProgressivePool": "leanvision.vlm.video",
+    "prefill_flops": "leanvision.vlm.flops",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        # in-LLM configs (FastV, PDrop, SparseVLM) live in leanvision.vlm.inllm
+        try:
+            inllm = importlib.import_module("leanvision.vlm.inllm")
+        except ImportError:
+            inllm = None
+        if inllm is not None and hasattr(inllm, name):
+            return getattr(inllm, name)
+        raise AttributeError(f"module 'leanvision.vlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,164 @@
+"""See the post-RoPE queries and keys of one ViT attention module, without eager attention.
+
+leanvision registers one attention function, ``"leanvision_capture"``, in transformers'
+``AttentionInterface``. A handle switches the vision config to it (restored on remove); the
+function hands every call on to the implementation that was configured before ("sdpa",
+"eager", "flash_attention_2"...), and, while :func:`listening` is active for a module, first
+gives that module's ``q``/``k`` to a listener. Scores are then computed with
+``leanvision.vlm.scoring.attention_scores`` (``kernels.attention_scores``), which never materialises the attention matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.kernels import attention_scores
+
+CAPTURE_IMPLEMENTATION = "leanvision_capture"
+
+# id(config) -> the implementation that config used before the capture was installed
+_ORIGINAL: dict[int, str] = {}
+# id(attention module) -> listener(module, query, key, attention_mask, kwargs)
+_LISTENERS: dict[int, Callable[..., None]] = {}
+_REGISTERED = False
+
+Listener = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, dict[str, Any]], None]
+
+
+def _delegate(module: nn.Module, implementation: str) -> Callable[..., Any]:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if implementation == "eager":
+        # transformers keeps each model's eager attention beside the attention class
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+def _capture_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    **kwargs: Any,
+) -> Any:
+    listener = _LISTENERS.get(id(module))
+    if listener is not None:
+        listener(module, query, key, attention_mask, kwargs)
+    implementation = _ORIGINAL.get(id(module.config), "sdpa")
+    return _delegate(module, implementation)(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
+        _REGISTERED = True
+
+
+def install_capture(handle: Any, attention: nn.Module) -> None:
+    """Route ``attention``'s config through the capture function until ``handle`` is removed.
+
+    Raises ``ValueError`` when the module's current implementation cannot be delegated to.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    config = attention.config
+    original = config._attn_implementation or "eager"
+    if original == CAPTURE_IMPLEMENTATION:
+        return  # another capture on the same config (several modules share one config)
+    if original == "eager":
+        if not hasattr(sys.modules[type(attention).__module__], "eager_attention_forward"):
+            raise ValueError(
+                f"{type(attention).__name__} uses eager attention without an AttentionInterface "
+                "function; set attn_implementation='sdpa' on the vision tower"
+            )
+    elif original not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(
+            f"vision attn_implementation={original!r} is not registered in transformers' "
+            f"AttentionInterface; use one of {['eager', *ALL_ATTENTION_FUNCTIONS.valid_keys()]}"
+        )
+    _register()
+    _ORIGINAL[id(config)] = original
+    handle.on_remove(lambda: _ORIGINAL.pop(id(config), None))
+    handle.set_attr(config, "_attn_implementation_internal", CAPTURE_IMPLEMENTATION)
+
+
+@contextlib.contextmanager
+def listening(module: nn.Module, listener: Listener) -> Iterator[None]:
+    """Call ``listener`` with the q/k of every attention call of ``module`` inside the block."""
+    _LISTENERS[id(module)] = listener
+    try:
+        yield
+    finally:
+        _LISTENERS.pop(id(module), None)
+
+
+def key_padding_from_mask(attention_mask: Any, batch: int, length: int) -> torch.Tensor | None:
+    """``(B, Lk)`` bool, True where a key is padding, from a 4-D additive or bool mask."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
+        return None
+    mask = attention_mask[..., -length:]
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    allowed = allowed.any(dim=(1, 2))  # a key is real if any query may attend to it
+    if bool(allowed.all()):
+        return None
+    return (~allowed).expand(batch, length)
+
+
+class ScoreRecorder:
+    """Listener that turns each attention call into per-key scores and head-mean keys.
+
+    ``records`` holds, per call and per sequence, ``(scores (N,), keys (N, d))`` (either may be
+    ``None`` when not requested). Sequences packed with ``cu_seq_lens_q`` (flash attention)
+    are split back into one record each.
+    """
+
+    def __init__(self, query: str, want_scores: bool, want_keys: bool):
+        self.query = query  # "cls" or "all"
+        self.want_scores = want_scores
+        self.want_keys = want_keys
+        self.records: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+
+    def __call__(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: Any,
+        kwargs: dict[str, Any],
+    ) -> None:
+        cu_seqlens = kwargs.get("cu_seq_lens_q")
+        if cu_seqlens is not None and query.shape[0] == 1:
+            bounds = cu_seqlens.tolist()
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+                self._record(module, query[:, :, start:end], key[:, :, start:end], None)
+        else:
+            self._record(module, query, key, attention_mask)
+
+    @torch.no_grad()
+    def _record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any) -> None:
+        batch, _heads, length, _dim = key.shape
+        scores = None
+        if self.want_scores:
+            padding = key_padding_from_mask(mask, batch, length)
+            index = None
+            if self.query == "cls":
+                index = torch.zeros(batch, 1, dtype=torch.long, device=query.device)
+            scale = getattr(module, "scaling", None) or getattr(module, "scale", None)
+            scores = attention_scores(
+                query, key, scale=scale, query_index=index, key_padding_mask=padding
+            )
+        keys = key.float().mean(1) if self.want_keys else None
+        for row in range(batch):
+            self.records.append(
+                (None if scores is None else scores[row], None if keys is None else keys[row])
+            )

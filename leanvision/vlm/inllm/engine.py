@@ -1,0 +1,401 @@
+"""The shared machinery of in-LLM visual-token pruning (FastV, PyramidDrop, SparseVLM).
+
+A method is a list of *stages* plus a :class:`Policy`. Stage ``s`` starts at decoder layer
+``stages[s]``: layers ``0 .. stages[0] - 1`` see the whole prompt; the attention of the layer
+just before a stage (``stages[s] - 1``) is read to rank the tokens of the current set, and
+layers ``stages[s] ..`` see only the kept ones. Pruning happens once, at prefill:
+
+- a forward pre-hook on ``model.model`` records ``input_ids`` (to find the visual tokens);
+- a pre-hook on the language model starts a new prefill when the cache is empty;
+- a listener on the attention of layer ``stages[s] - 1`` (see :mod:`.attention`) scores keys
+  with ``kernels.attention_scores`` (no attention matrix);
+- a pre-hook on every decoder layer from ``stages[0]`` on gathers, at the first layer of a
+  stage, the kept rows of ``hidden_states`` (overwriting recycled tokens), and at every
+  layer of the stage, the kept rows/columns of the 4-D mask, of ``position_embeddings``
+  (cos, sin: 1-D or M-RoPE alike) and of ``position_ids``.
+
+The KV cache of a pruned layer then holds fewer tokens. At decode steps the same pre-hooks
+take from the full-length mask the columns of the tokens that layer kept (plus the new
+ones), so left padding and per-row masks stay exact; with ``renumber=True`` the positions of
+pruned layers are recomputed as if the dropped tokens had never been there. Every row keeps
+the same number of tokens (rows that have more visual tokens keep a few more), so batches
+stay rectangular.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from leanvision.vlm.inllm import stats as inllm_stats
+from leanvision.vlm.inllm.attention import attention_module, install_attention, listen
+
+
+@dataclasses.dataclass
+class Tokens:
+    """The token set one stage works on, per row (all rows the same length ``L_s``).
+
+    ``index`` ``(B, L_s)``: sorted original prompt positions; ``visual`` ``(B, L_s)`` bool;
+    ``padding`` ``(B, L_s)`` bool or None (True = padding); ``last`` ``(B,)`` where the
+    prompt's last real token (the last instruction token) sits in this set.
+    """
+
+    index: torch.Tensor
+    visual: torch.Tensor
+    padding: torch.Tensor | None
+    last: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.index.shape[1])
+
+    def locate(self, original: torch.Tensor) -> torch.Tensor:
+        """Where original positions ``(B, n)`` (which must be kept) sit in this set."""
+        return torch.searchsorted(self.index, original.to(self.index.device))
+
+
+@dataclasses.dataclass
+class Selection:
+    """What a stage keeps, in the coordinates of the tokens entering it.
+
+    ``keep`` ``(B, L')`` sorted indices; ``visual`` ``(B, L')`` which kept tokens are visual;
+    ``replace``/``values``: optional ``(B, R)`` indices into the kept set and ``(B, R, D)``
+    hidden states written there (recycled tokens).
+    """
+
+    keep: torch.Tensor
+    visual: torch.Tensor
+    replace: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+class Policy(Protocol):
+    """How one method scores and selects. ``scores`` runs inside the attention of layer
+    ``stages[s] - 1``; ``select`` at the first layer of stage ``s``."""
+
+    def begin(self, prefill: Prefill, embeds: torch.Tensor | None) -> None: ...
+
+    def score(
+        self, stage: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor, tokens: Tokens
+    ) -> Any: ...
+
+    def select(
+        self, stage: int, scored: Any, tokens: Tokens, hidden: torch.Tensor, prefill: Prefill
+    ) -> Selection: ...
+
+
+@dataclasses.dataclass
+class Prefill:
+    """State of the last pruned prefill, kept for the decode steps that follow it."""
+
+    length: int
+    visual_before: torch.Tensor  # (B,) visual tokens per row in the prompt
+    sets: list[Tokens]  # sets[0]: the prompt; sets[s + 1]: after stage s
+    scored: dict[int, Any] = dataclasses.field(default_factory=dict)
+    positions: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
+    shifts: list[int] = dataclasses.field(default_factory=list)
+
+
+def _batch(tensor: torch.Tensor, batch: int, dim: int = 0) -> torch.Tensor:
+    if tensor.shape[dim] == batch:
+        return tensor
+    shape = [-1] * tensor.dim()
+    shape[dim] = batch
+    return tensor.expand(*shape)
+
+
+def gather_mask(mask: Any, rows: torch.Tensor | None, columns: torch.Tensor) -> Any:
+    """Keep mask rows ``rows`` (or all) and key columns ``columns`` ``(B, n)`` of a 4-D
+    ``(B, 1, Lq, Lk)`` or 2-D ``(B, Lk)`` mask; ``None`` stays ``None``."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(
+            f"in-LLM pruning needs a tensor attention mask in the decoder layers, got "
+            f"{type(mask).__name__}; use attn_implementation 'sdpa', 'eager' or 'flash_attention_2'"
+        )
+    batch = columns.shape[0]
+    columns = columns.to(mask.device)
+    if mask.dim() == 2:
+        return _batch(mask, batch).gather(1, columns)
+    mask = _batch(mask, batch)
+    heads, length_q = mask.shape[1], mask.shape[2]
+    if rows is not None:
+        rows = rows.to(mask.device)
+        index = rows[:, None, :, None].expand(-1, heads, -1, mask.shape[3])
+        mask = mask.gather(2, index)
+        length_q = rows.shape[1]
+    index = columns[:, None, None, :].expand(-1, heads, length_q, -1)
+    return mask.gather(3, index)
+
+
+def gather_positions(positions: Any, index: torch.Tensor, length: int) -> Any:
+    """Gather the last dim of ``(B, L)`` / ``(R, B, L)`` position ids (other shapes pass)."""
+    if not isinstance(positions, torch.Tensor) or positions.shape[-1] != length:
+        return positions
+    index = index.to(positions.device)
+    if positions.dim() == 2:
+        return _batch(positions, index.shape[0]).gather(1, index)
+    if positions.dim() == 3:
+        positions = _batch(positions, index.shape[0], dim=1)
+        return positions.gather(2, index.unsqueeze(0).expand(positions.shape[0], -1, -1))
+    return positions
+
+
+def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(B', L, D)`` -> ``(B, n, D)`` rows ``index`` ``(B, n)`` of each sequence."""
+    tensor = _batch(tensor, index.shape[0])
+    index = index.to(tensor.device)
+    return tensor.gather(1, index.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
+
+
+class InLLMPruner:
+    """Installs the hooks of one in-LLM method on ``model`` through ``handle``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Any,
+        handle: Any,
+        stages: list[int],
+        policy: Policy,
+        renumber: bool,
+    ):
+        self.model = model
+        self.adapter = adapter
+        self.handle = handle
+        self.stages = list(stages)
+        self.policy = policy
+        self.renumber = renumber
+        self.language_model = adapter.language_model(model)
+        self.layers = adapter.decoder_layers(model)
+        self.text_config = adapter.text_config(model)
+        self.state: Prefill | None = None
+        self.phase = "idle"
+        self._pending_ids: torch.Tensor | None = None
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    # -- installation --------------------------------------------------------------------------
+    def install(self) -> None:
+        handle = self.handle
+        install_attention(handle, attention_module(self.layers[0]).config)
+        inner = self.adapter.inner(self.model)
+        handle.add_hook(inner.register_forward_pre_hook(self._inner_hook, with_kwargs=True))
+        lm = self.language_model
+        handle.add_hook(lm.register_forward_pre_hook(self._lm_hook, with_kwargs=True))
+        handle.add_hook(lm.register_forward_hook(self._lm_done))
+        for stage, start in enumerate(self.stages):
+            scorer = attention_module(self.layers[start - 1])
+            listen(handle, scorer, self._listener(stage))
+        for layer_index in range(self.stages[0], len(self.layers)):
+            hook = self._layer_hook(layer_index)
+            handle.add_hook(
+                self.layers[layer_index].register_forward_pre_hook(hook, with_kwargs=True)
+            )
+        handle.stats["method"] = handle.method
+
+    def stage_of(self, layer_index: int) -> int:
+        """0 for layers that see the whole prompt, ``s + 1`` for layers of stage ``s``."""
+        return sum(1 for start in self.stages if start <= layer_index)
+
+    # -- forward-level hooks -------------------------------------------------------------------
+    def _inner_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._pending_ids = ids if isinstance(ids, torch.Tensor) else None
+
+    def _lm_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._cache = {}
+        ids, self._pending_ids = self._pending_ids, None
+        cache = kwargs.get("past_key_values")
+        past = 0 if cache is None else int(cache.get_seq_length())
+        if past > 0:
+            self.phase = "decode" if self.state is not None else "idle"
+            return
+        self.state, self.phase = None, "idle"
+        embeds = kwargs.get("inputs_embeds")
+        if ids is None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            return
+        length = ids.shape[1] if embeds is None else embeds.shape[1]
+        if ids.shape[1] != length:
+            return
+        visual = self.adapter.visual_token_mask(self.model, ids)
+        if not bool(visual.any()):
+            return
+        if getattr(cache, "is_compileable", False):
+            raise ValueError(
+                "in-LLM pruning shortens the KV cache of later layers and needs a dynamic "
+                "cache; generate with cache_implementation='dynamic' (the default)"
+            )
+        self.state = self._new_prefill(ids, visual, kwargs.get("attention_mask"))
+        self.phase = "prefill"
+        if embeds is None:
+            embeds = self.adapter.embed_tokens(self.model)(ids)
+        with torch.no_grad():
+            self.policy.begin(self.state, embeds)
+
+    def _new_prefill(self, ids: torch.Tensor, visual: torch.Tensor, mask: Any) -> Prefill:
+        batch, length = ids.shape
+        device = ids.device
+        padding = None
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.bool().all()):
+            padding = ~mask.bool().to(device)
+        positions = torch.arange(length, device=device)
+        real = torch.ones_like(visual) if padding is None else ~padding
+        last = (positions * real).argmax(dim=-1)
+        index = positions.unsqueeze(0).expand(batch, -1).clone()
+        tokens = Tokens(index=index, visual=visual, padding=padding, last=last)
+        return Prefill(length=length, visual_before=visual.sum(-1), sets=[tokens])
+
+    def _lm_done(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.phase == "prefill" and self.state is not None:
+            if len(self.state.sets) == len(self.stages) + 1:
+                inllm_stats.record(self, self.state)
+            self.phase = "decode"
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _listener(self, stage: int):
+        def listener(module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any) -> None:
+            state = self.state
+            if self.phase != "prefill" or state is None or len(state.sets) != stage + 1:
+                return
+            tokens = state.sets[stage]
+            if key.shape[2] != tokens.length or query.shape[2] != tokens.length:
+                raise ValueError(
+                    f"in-LLM pruning expected one prefill of {tokens.length} tokens at layer "
+                    f"{self.stages[stage] - 1}, got queries {query.shape[2]} / keys "
+                    f"{key.shape[2]}; chunked prefill is not supported"
+                )
+            with torch.no_grad():
+                state.scored[stage] = self.policy.score(stage, module, query, key, tokens)
+
+        return listener
+
+    # -- layers --------------------------------------------------------------------------------
+    def _layer_hook(self, layer_index: int):
+        stage = self.stage_of(layer_index) - 1
+        starts_stage = layer_index == self.stages[stage]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+            state = self.state
+            if state is None or self.phase not in ("prefill", "decode"):
+                return None
+            if self.phase == "prefill":
+                if starts_stage:
+                    args, kwargs = self._start_stage(stage, args, kwargs)
+                updates = self._prefill_updates(stage, kwargs)
+            else:
+                updates = self._decode_updates(stage, kwargs)
+            return args, {**kwargs, **updates}
+
+        return hook
+
+    def _start_stage(self, stage: int, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+        state = self.state
+        hidden = args[0] if args else kwargs["hidden_states"]
+        tokens = state.sets[stage]
+        if len(state.sets) != stage + 1 or stage not in state.scored:
+            raise RuntimeError(
+                f"in-LLM pruning: layer {self.stages[stage] - 1} did not report scores for "
+                f"stage {stage}; was the language model called layer by layer?"
+            )
+        if hidden.shape[1] != tokens.length:
+            raise RuntimeError(
+                f"in-LLM pruning: expected {tokens.length} tokens entering layer "
+                f"{self.stages[stage]}, got {hidden.shape[1]}"
+            )
+        with torch.no_grad():
+            selection = self.policy.select(stage, state.scored.pop(stage), tokens, hidden, state)
+        keep = selection.keep.to(hidden.device)
+        new_hidden = gather_rows(hidden, keep)
+        if selection.replace is not None and selection.replace.numel():
+            index = (
+                selection.replace.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            )
+            new_hidden = new_hidden.scatter(1, index, selection.values.to(new_hidden.dtype))
+        original = tokens.index.gather(1, keep.to(tokens.index.device))
+        padding = (
+            None
+            if tokens.padding is None
+            else tokens.padding.gather(1, keep.to(tokens.padding.device))
+        )
+        last_original = tokens.index.gather(1, tokens.last.unsqueeze(-1))
+        new_tokens = Tokens(original, selection.visual, padding, last=torch.zeros_like(tokens.last))
+        new_tokens.last = new_tokens.locate(last_original).squeeze(-1)
+        state.sets.append(new_tokens)
+        if args:
+            return (new_hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new_hidden}
+
+    def _prefill_updates(self, stage: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if stage in self._cache:
+            return self._cache[stage]
+        state = self.state
+        tokens = state.sets[stage + 1]
+        index, length = tokens.index, state.length
+        updates: dict[str, Any] = {}
+        if "attention_mask" in kwargs:
+            updates["attention_mask"] = gather_mask(kwargs["attention_mask"], index, index)
+        positions = gather_positions(kwargs.get("position_ids"), index, length)
+        embeddings = kwargs.get("position_embeddings")
+        if self.renumber:
+            original = kwargs.get("position_ids")
+            if not isinstance(original, torch.Tensor) or original.dim() != 2:
+                raise ValueError("renumber=True needs 1-D position ids in the decoder layers")
+            # every dropped token precedes the tokens after it, so a kept token moves down by
+            # the number of tokens dropped before it
+            dropped_before = index - torch.arange(index.shape[1], device=index.device)
+            positions = gather_positions(original, index, length) - dropped_before.to(
+                original.device
+            )
+            while len(state.positions) <= stage:
+                state.positions.append(None)
+                state.shifts.append(0)
+            state.positions[stage] = positions
+            state.shifts[stage] = length - tokens.length
+            if embeddings is not None:
+                embeddings = self._rotary(embeddings, positions)
+        elif embeddings is not None:
+            embeddings = tuple(gather_rows(part, index) for part in embeddings)
+        if "position_ids" in kwargs:
+            updates["position_ids"] = positions
+        if embeddings is not None:
+            updates["position_embeddings"] = embeddings
+        self._cache[stage] = updates
+        return updates
+
+    def _decode_updates(self, stage: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if stage in self._cache:
+            return self._cache[stage]
+        state = self.state
+        kept = state.sets[stage + 1].index
+        updates: dict[str, Any] = {}
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            total = mask.shape[-1]
+            new = torch.arange(state.length, total, device=kept.device)
+            columns = torch.cat([kept, new.unsqueeze(0).expand(kept.shape[0], -1)], dim=1)
+            updates["attention_mask"] = gather_mask(mask, None, columns)
+        if self.renumber:
+            positions = kwargs.get("position_ids")
+            if not isinstance(positions, torch.Tensor) or positions.dim() != 2:
+                raise ValueError("renumber=True needs 1-D position ids in the decoder layers")
+            positions = positions - state.shifts[stage]
+            updates["position_ids"] = positions
+            embeddings = kwargs.get("position_embeddings")
+            if embeddings is not None:
+                updates["position_embeddings"] = self._rotary(embeddings, positions)
+        self._cache[stage] = updates
+        return updates
+
+    def _rotary(self, embeddings: tuple, positions: torch.Tensor) -> tuple:
+        rotary = getattr(self.language_model, "rotary_emb", None)
+        if rotary is None:
+            raise ValueError("renumber=True needs the language model's rotary_emb module")
+        cos = embeddings[0]
+        probe = cos.new_empty(positions.shape[0], positions.shape[1], 1)
+        return rotary(probe, positions.to(cos.device))

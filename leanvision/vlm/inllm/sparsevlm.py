@@ -1,0 +1,228 @@
+"""SparseVLM (Zhang et al., 2024, arXiv 2410.04417): text-guided visual-token pruning with
+token recycling, inside the language model.
+
+1. *Raters.* Once per prompt, from the language model's input embeddings: the question
+   tokens (text after the last visual token) whose relevance to the image,
+   ``mean_v softmax_t(E_v . E_t)``, is above the mean (the reference code's definition).
+2. *Scores.* At each stage, the attention the raters pay each visual token in the layer
+   before the stage, averaged over raters and heads (``kernels.attention_scores``).
+3. *How many.* A fixed schedule (``keep``/``tokens`` per stage, default the paper's
+   192-token LLaVA schedule 300/200/110 of 576), or ``adaptive=True``: keep
+   ``int(rank(P) * scale + bias)`` tokens, ``P`` the raters x visual attention block (no
+   pruning at a stage where ``P`` has full rank).
+4. *Recycling.* Of the tokens a stage drops, the ``recycle`` fraction with the highest
+   scores (``int(n * recycle) + 1``) is clustered by density peaks into
+   ``int(m * cluster_ratio) + 1`` groups and each group's mean hidden state is kept, as one
+   visual token at the position of the group's last member (so no token sees a later one).
+
+Layers follow the in-LLM convention (:mod:`.methods`): the reference prunes the outputs of
+0-indexed layers 2, 6 and 15 of LLaVA-1.5-7B, i.e. ``layers=(3, 7, 16)`` here.
+
+>>> SparseVLM().target(torch.tensor([576]), 0).tolist()
+[300]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanvision.core.config import MethodConfig, check_range
+from leanvision.vlm.inllm.engine import Prefill, Selection, Tokens
+from leanvision.vlm.inllm.methods import (
+    attention_scale,
+    check_depth,
+    check_layers,
+    check_ratios,
+    install,
+    resolve_renumber,
+)
+from leanvision.vlm.inllm.selection import (
+    density_peak_merge,
+    drop_count,
+    drop_mask,
+    received_attention,
+    rows_attention,
+    text_raters,
+)
+from leanvision.vlm.registry import METHODS
+
+# the reference's 192-token schedule for LLaVA-1.5 (576 visual tokens): 300, 200, 110
+PAPER_KEEP = (300 / 576, 200 / 576, 110 / 576)
+
+
+@dataclasses.dataclass
+class SparseVLM(MethodConfig):
+    """SparseVLM: see the module docstring. ``layers``: stage starts (decoder layers that
+    see the previous token set); ``keep`` (ratios of the prompt's visual tokens, one per
+    stage) or ``tokens`` (absolute), or ``adaptive`` with ``scale``/``bias``; ``recycle``:
+    fraction of each stage's dropped tokens merged back (0 disables); ``cluster_ratio``:
+    groups per recycled token; ``renumber`` (default: True on 1-D RoPE, as the reference;
+    False on M-RoPE)."""
+
+    layers: tuple[int, ...] = (3, 7, 16)
+    keep: tuple[float, ...] | None = None
+    tokens: tuple[int, ...] | None = None
+    adaptive: bool = False
+    scale: float = 13.5
+    bias: float = 0.0
+    recycle: float = 0.3
+    cluster_ratio: float = 0.1
+    renumber: bool | None = None
+
+    def validate(self) -> None:
+        self.layers = check_layers("layers", self.layers)
+        stages = len(self.layers)
+        budgets = [name for name in ("keep", "tokens") if getattr(self, name) is not None]
+        if not isinstance(self.adaptive, bool):
+            raise TypeError(f"adaptive must be a bool, got {self.adaptive!r}")
+        if len(budgets) == 2 or (self.adaptive and budgets):
+            raise ValueError(
+                "pass one budget: keep=, tokens=, or adaptive=True (got "
+                f"keep={self.keep!r}, tokens={self.tokens!r}, adaptive={self.adaptive!r})"
+            )
+        if self.keep is not None:
+            self.keep = check_ratios("keep", self.keep, stages)
+        if self.tokens is not None:
+            if not isinstance(self.tokens, (list, tuple)) or len(self.tokens) != stages:
+                raise ValueError(
+                    f"tokens must list one count per stage ({stages}), got {self.tokens!r}"
+                )
+            for value in self.tokens:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"tokens must hold ints, got {value!r}")
+                check_range("tokens", value, low=1)
+            if any(b > a for a, b in zip(self.tokens, self.tokens[1:], strict=False)):
+                raise ValueError(
+                    f"tokens={list(self.tokens)!r} must not increase from stage to stage"
+                )
+            self.tokens = tuple(self.tokens)
+        if not budgets and not self.adaptive and stages != len(PAPER_KEEP):
+            raise ValueError(
+                f"layers has {stages} stage(s): pass keep= (one ratio per stage), tokens= or "
+                f"adaptive=True; the default schedule has {len(PAPER_KEEP)} stages"
+            )
+        check_range("scale", self.scale, low=0.0, low_inclusive=False)
+        check_range("bias", self.bias)
+        check_range("recycle", self.recycle, low=0.0, high=1.0)
+        check_range("cluster_ratio", self.cluster_ratio, low=0.0, high=1.0, low_inclusive=False)
+        if self.renumber is not None and not isinstance(self.renumber, bool):
+            raise TypeError(f"renumber must be a bool or None, got {self.renumber!r}")
+
+    def check_model(self, model: nn.Module, adapter: Any) -> None:
+        check_depth("layers", self.layers, adapter, model)
+        resolve_renumber(self.renumber, True, adapter)
+
+    def target(self, visual_before: torch.Tensor, stage: int) -> torch.Tensor:
+        """Visual tokens selected per row at ``stage`` (recycled tokens come on top)."""
+        if self.tokens is not None:
+            return torch.full_like(visual_before, self.tokens[stage]).minimum(visual_before)
+        keep = self.keep if self.keep is not None else PAPER_KEEP
+        return (visual_before.double() * keep[stage]).round().long().clamp(min=1)
+
+    def recycled(self, dropped: int) -> tuple[int, int]:
+        """``(tokens recycled, groups they merge into)`` when a stage drops ``dropped``."""
+        if self.recycle == 0 or dropped == 0:
+            return 0, 0
+        count = min(dropped, int(dropped * self.recycle) + 1)
+        return count, min(count, int(count * self.cluster_ratio) + 1)
+
+
+def question_mask(tokens: Tokens, row: int) -> torch.Tensor:
+    """``(L,)`` bool: real text tokens after the row's last visual token (else its last token)."""
+    visual = tokens.visual[row]
+    positions = torch.arange(visual.shape[0], device=visual.device)
+    last_visual = int((positions * visual).max())
+    mask = ~visual & (positions > last_visual)
+    if tokens.padding is not None:
+        mask &= ~tokens.padding[row].to(visual.device)
+    if not bool(mask.any()):
+        mask = positions == int(tokens.last[row])
+    return mask
+
+
+class RaterPolicy:
+    """SparseVLM's scoring (raters' attention) and selection (schedule or rank, recycling)."""
+
+    def __init__(self, config: SparseVLM):
+        self.config = config
+        self.raters: list[torch.Tensor] = []
+
+    def begin(self, prefill: Prefill, embeds: torch.Tensor | None) -> None:
+        tokens = prefill.sets[0]
+        self.raters = [
+            text_raters(embeds[row], tokens.visual[row], question_mask(tokens, row))
+            for row in range(tokens.index.shape[0])
+        ]
+
+    def score(
+        self, stage: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor, tokens: Tokens
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scale = attention_scale(module, query)
+        scores, ranks = [], []
+        for row, raters in enumerate(self.raters):
+            # raters are text tokens, never dropped: find them in this row's current set
+            rows = torch.searchsorted(
+                tokens.index[row : row + 1], raters.unsqueeze(0).to(tokens.index.device)
+            )
+            padding = None if tokens.padding is None else tokens.padding[row : row + 1]
+            one_q, one_k = query[row : row + 1], key[row : row + 1]
+            scores.append(received_attention(one_q, one_k, rows, scale, padding))
+            if self.config.adaptive:
+                block = rows_attention(
+                    one_q, one_k, rows[0], scale, None if padding is None else padding[0]
+                )
+                block = block[:, tokens.visual[row].to(block.device)]
+                ranks.append(torch.linalg.matrix_rank(block))
+        return torch.cat(scores), torch.stack(ranks) if ranks else None
+
+    def select(
+        self,
+        stage: int,
+        scored: tuple[torch.Tensor, torch.Tensor | None],
+        tokens: Tokens,
+        hidden: torch.Tensor,
+        prefill: Prefill,
+    ) -> Selection:
+        scores, ranks = scored
+        visual = tokens.visual.to(scores.device)
+        available = visual.sum(-1)
+        config = self.config
+        if ranks is not None:
+            ranks = ranks.to(available.device)
+            wanted = (ranks.double() * config.scale + config.bias).long().clamp(min=1)
+            target = torch.where(ranks >= available, available, wanted.minimum(available - 1))
+        else:
+            target = config.target(prefill.visual_before.to(scores.device), stage)
+        drop = drop_count(available, target.minimum(available))
+        keep_mask = drop_mask(scores, visual, drop)
+        count, groups = config.recycled(drop)
+        anchors, values = [], []
+        for row in range(visual.shape[0]):
+            if count == 0:
+                break
+            dropped = (visual[row] & ~keep_mask[row]).nonzero().squeeze(-1)
+            order = torch.sort(scores[row, dropped], descending=True, stable=True).indices
+            chosen = dropped[order[:count]]
+            assignment, means = density_peak_merge(hidden[row, chosen.to(hidden.device)], groups)
+            last = torch.full((groups,), -1, dtype=torch.long, device=chosen.device)
+            last = last.scatter_reduce(0, assignment.to(chosen.device), chosen, reduce="amax")
+            keep_mask[row, last] = True
+            order = torch.argsort(last)
+            anchors.append(last[order])
+            values.append(means[order.to(means.device)])
+        keep = keep_mask.nonzero()[:, 1].view(visual.shape[0], -1)
+        selection = Selection(keep=keep, visual=visual.gather(1, keep))
+        if anchors:
+            selection.replace = torch.searchsorted(keep, torch.stack(anchors))
+            selection.values = torch.stack(values)
+        return selection
+
+
+@METHODS.register("sparsevlm", SparseVLM)
+def apply_sparsevlm(model: nn.Module, config: SparseVLM, handle: Any, adapter: Any) -> None:
+    renumber = resolve_renumber(config.renumber, True, adapter)
+    install(model, config, handle, adapter, config.layers, RaterPolicy(config), renumber)
