@@ -30,6 +30,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "video decoding with PyAV": ("av", "video"),
     "gradio demo": ("gradio", "demo"),
     "CLIP score": ("open_clip", "clip"),
+    "LoRA loading and LCM distillation": ("peft", "train"),
     "triton kernels": ("triton", "(comes with Linux CUDA builds of torch)"),
 }
 
