@@ -3,6 +3,7 @@
 SUITES: dict[str, str] = {
     "decode": "leanvision.bench.suites.decode",
     "seg": "leanvision.bench.suites.seg",
+    "vlm": "leanvision.bench.suites.vlm",
 }
 
 # What ``leanvision bench`` (and ``make bench``) runs when no name is given.

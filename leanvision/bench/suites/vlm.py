@@ -1,0 +1,390 @@
+"""Benchmark ``vlm``: what visual-token compression buys at prefill and decode.
+
+One row per model x input (image, or a 16-frame video) x batch x method x budget. The timed
+call is one prefill (``model(**inputs, logits_to_keep=1)``, what ``generate`` runs first); the
+row named ``uncompressed`` is each group's baseline, so "vs baseline" is the prefill speedup.
+Budgets are written ``@N``: keep ``N / 576`` of every image's (video frame's) visual tokens,
+i.e. N of LLaVA-1.5's 576. In-LLM methods keep N visual tokens after their last stage (the
+KV cache decoding reads); their average over layers is the ``avg visual/layer`` column.
+
+Extra columns, measured once per row while the suite is built:
+
+- ``visual tokens``: per prompt, after compression; ``GFLOPs``/``FLOPs ratio``: estimated
+  prefill FLOPs of the language model for the whole batch (``leanvision.vlm.flops``);
+- ``decode tok/s``: generated tokens per second after the first token (``generate`` with
+  ``new_tokens`` tokens, step times from a streamer), and ``decode vs base``;
+- ``KV MiB``: the KV cache after prefill (every device); ``prefill MiB`` (CUDA only): peak
+  memory allocated during one prefill above what was allocated before it (weights excluded);
+- ``scoring<=%base``: an upper bound on the scoring/selection cost of a pre-LLM method, the
+  prefill time of the method minus ``pool`` at the same budget (same sequence length, no
+  scoring), measured in interleaved pairs, in % of the uncompressed prefill. leanvision does
+  not time its scoring step separately, so this is a bound, not a measurement.
+
+Models: on the CPU, ``vlm_shaped("llava-1.5-7b")`` (images) and ``"llava-onevision-7b"``
+(video) narrowed and shortened (real token counts: 576 per image, 196 per video frame); on
+CUDA the full 7B shapes in bf16 with random weights, at batch 1 and 8; ``options.model``:
+a local checkpoint loaded with ``AutoModelForImageTextToText``/``AutoProcessor``.
+
+>>> method_options("pdrop", 64, depth=32)[1]["layers"]
+(8, 16, 24)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from leanvision.bench.registry import BenchOptions, Case, register_benchmark
+from leanvision.bench.suites._vlm_models import Patches, build_model, make_inputs
+
+REFERENCE_TOKENS = 576  # LLaVA-1.5's visual tokens per image: budgets are written against it
+BUDGETS = (192, 128, 64)
+PRE_LLM = ("visionzip", "prumerge+", "tome", "divprune", "random", "pool")
+IN_LLM = ("fastv", "pdrop", "sparsevlm")
+VIDEO_ONLY = ("temporal", "temporal+visionzip", "progressive_pool")
+UNBUDGETED = ("temporal", "progressive_pool")  # their token count follows from the video
+# In-LLM stage layers as published for the 32 decoder layers of LLaVA-1.5-7B; shallower
+# (shaped) models get them scaled by depth.
+REFERENCE_DEPTH = 32
+FASTV_LAYERS = (2,)
+PDROP_LAYERS = (8, 16, 24)
+SPARSEVLM_LAYERS = (3, 7, 16)
+SPARSEVLM_SCHEDULE = (300, 200, 110)  # the reference's per-stage proportions
+BASELINE = "uncompressed"
+
+
+@dataclasses.dataclass
+class VLMBenchConfig:
+    """What the suite builds; :func:`default_config` picks it from :class:`BenchOptions`.
+
+    ``image_model``/``video_model``: a ``REAL_SHAPES`` name (built by ``vlm_shaped`` at
+    ``scales``/``video_scales`` = (width, depth)) or a checkpoint path; None skips that input.
+    ``repeats``: samples of each once-per-row measurement (decode rate, scoring bound).
+    """
+
+    image_model: str | None = "llava-1.5-7b"
+    video_model: str | None = "llava-onevision-7b"
+    scales: tuple[float, float] = (1 / 16, 1 / 8)
+    video_scales: tuple[float, float] = (1 / 64, 1 / 8)
+    video_frames: int = 16
+    budgets: tuple[int, ...] = BUDGETS
+    image_methods: tuple[str, ...] = PRE_LLM + IN_LLM
+    video_methods: tuple[str, ...] = ("pool", "visionzip", "fastv", *VIDEO_ONLY)
+    batches: tuple[int, ...] = (1,)
+    new_tokens: int = 8
+    repeats: int = 2
+    prompt_words: int = 40
+
+
+def default_config(options: BenchOptions) -> VLMBenchConfig:
+    """The suite's settings for ``options``: shaped models on a CPU, full 7B shapes at batch 1
+    and 8 on CUDA, fewer budgets/methods/samples with ``quick``.
+
+    >>> default_config(BenchOptions(quick=True)).budgets
+    (64,)
+    """
+    config = VLMBenchConfig()
+    if options.device.startswith("cuda"):
+        config = dataclasses.replace(
+            config,
+            scales=(1.0, 1.0),
+            video_scales=(1.0, 1.0),
+            batches=(1, 8),
+            new_tokens=32,
+            repeats=3,
+        )
+    if options.model:
+        config = dataclasses.replace(config, image_model=options.model, video_model=options.model)
+    if options.quick:
+        config = dataclasses.replace(
+            config,
+            budgets=(64,),
+            video_frames=8 if not options.device.startswith("cuda") else 16,
+            video_methods=("pool", "fastv", *VIDEO_ONLY),
+            batches=config.batches[-1:],
+            new_tokens=4,
+            repeats=1,
+        )
+        if not options.device.startswith("cuda"):
+            config = dataclasses.replace(config, scales=(1 / 32, 1 / 8))
+    return config
+
+
+def scaled_layers(layers: Iterable[int], depth: int) -> tuple[int, ...]:
+    """Stage layers written for a 32-layer model, placed at the same relative depth of a
+    ``depth``-layer one (each at least 1 and at most ``depth - 1``; stages that collide merge).
+
+    >>> scaled_layers((8, 16, 24), 4), scaled_layers((3, 7, 16), 4), scaled_layers((2,), 28)
+    ((1, 2, 3), (1, 2), (2,))
+    """
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2 for in-LLM pruning, got {depth}")
+    scaled = {
+        min(depth - 1, max(1, math.ceil(layer * depth / REFERENCE_DEPTH))) for layer in layers
+    }
+    return tuple(sorted(scaled))
+
+
+def method_options(method: str, budget: int | None, depth: int) -> tuple[str, dict[str, Any]]:
+    """``(registered name, options)`` of ``method`` at ``budget`` (of 576 tokens per image or
+    frame) on a language model with ``depth`` decoder layers.
+
+    >>> method_options("visionzip", 64, depth=32)
+    ('visionzip', {'keep': 0.1111111111111111})
+    >>> method_options("pdrop", 64, depth=32)[1]["ratios"][-1] * 576
+    64.0
+    """
+    keep = None if budget is None else budget / REFERENCE_TOKENS
+    if method in UNBUDGETED:
+        return method, {}
+    if keep is None:
+        raise ValueError(f"method {method!r} needs a budget; only {UNBUDGETED} run without one")
+    if method in PRE_LLM:
+        return method, {"keep": keep}
+    if method == "temporal+visionzip":
+        return "temporal", {"then": "visionzip", "keep": keep}
+    if method == "fastv":
+        return "fastv", {"layer": scaled_layers(FASTV_LAYERS, depth)[0], "keep": keep}
+    if method == "pdrop":  # geometric pyramid ending at the budget (PyramidDrop's lambda^s)
+        layers = scaled_layers(PDROP_LAYERS, depth)
+        ratios = tuple(keep ** ((stage + 1) / len(layers)) for stage in range(len(layers)))
+        ratios = ratios[:-1] + (keep,)  # exact last ratio, free of pow() rounding
+        return "pdrop", {"layers": layers, "ratios": ratios}
+    if method == "sparsevlm":  # the reference's 300:200:110 shape, ending at the budget
+        layers = scaled_layers(SPARSEVLM_LAYERS, depth)
+        shape = SPARSEVLM_SCHEDULE[-len(layers) :]
+        keeps = tuple(min(1.0, keep * share / shape[-1]) for share in shape)
+        return "sparsevlm", {"layers": layers, "keep": keeps}
+    known = PRE_LLM + IN_LLM + VIDEO_ONLY
+    raise ValueError(f"method must be one of {known}, got {method!r}")
+
+
+@dataclasses.dataclass
+class _Workload:
+    """One model with one batch of prompts (images or a video)."""
+
+    group: str
+    model: Any
+    inputs: dict[str, Any]
+    patches: Patches
+    batch: int
+    device: str
+
+    def prefill(self) -> Any:
+        with torch.no_grad():
+            return self.model(**self.inputs, logits_to_keep=1)
+
+    def seconds(self, fn: Callable[[], Any]) -> float:
+        _synchronize(self.device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class _StepClock:
+    """A ``generate`` streamer that only records when each step's tokens arrive."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _decode_rate(work: _Workload, new_tokens: int, repeats: int) -> float:
+    """Tokens per second (all rows) of the decode steps, the prompt and first token excluded."""
+    rates = []
+    for attempt in range(repeats + 1):  # the first run warms up
+        clock = _StepClock()
+        with torch.no_grad():
+            work.model.generate(
+                **work.inputs,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                streamer=clock,
+            )
+        # put() #0 is the prompt, #1 the first token (after prefill), then one per step
+        if attempt and len(clock.times) > 2:
+            steps = len(clock.times) - 2
+            rates.append(work.batch * steps / (clock.times[-1] - clock.times[1]))
+    return statistics.median(rates) if rates else float("nan")
+
+
+def _cache_mib(cache: Any) -> float:
+    total = 0
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def _memory(work: _Workload) -> dict[str, float]:
+    """KV cache after one prefill, and on CUDA the prefill's peak memory above its start."""
+    if not work.device.startswith("cuda"):
+        return {"KV MiB": _cache_mib(work.prefill().past_key_values)}
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    output = work.prefill()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    return {"KV MiB": _cache_mib(output.past_key_values), "prefill MiB": peak}
+
+
+def _paired_excess(work: _Workload, method: tuple, reference: tuple, repeats: int) -> float:
+    """Median over interleaved pairs of prefill(method) - prefill(reference), in seconds."""
+    differences = []
+    for attempt in range(repeats + 1):
+        times = []
+        for name, options in (method, reference):
+            work.patches.use(name, options)
+            times.append(work.seconds(work.prefill))
+        if attempt:  # the first pair warms both up after the patch switches
+            differences.append(times[0] - times[1])
+    return statistics.median(differences)
+
+
+def _baseline_facts(work: _Workload) -> dict[str, float]:
+    from leanvision.vlm import get_adapter, prefill_flops
+
+    adapter = get_adapter(work.model)
+    input_ids = work.inputs["input_ids"]
+    visual = adapter.visual_token_mask(work.model, input_ids).sum().item() / work.batch
+    flops = prefill_flops(adapter.text_config(work.model), input_ids.shape[1]) * work.batch
+    return {"visual tokens": visual, "avg visual/layer": visual, "GFLOPs": flops / 1e9}
+
+
+def _method_facts(stats: dict[str, Any], batch: int, base: dict[str, float]) -> dict[str, float]:
+    # pre-LLM: one count per image / video; in-LLM: one per row; either way, sum per prompt
+    visual = sum(stats["tokens_after"]) / batch
+    flops = stats["prefill_flops_after"]
+    return {
+        "visual tokens": visual,
+        "avg visual/layer": stats.get("avg_visual_tokens_per_layer", visual),
+        "GFLOPs": flops / 1e9,
+        "FLOPs ratio": flops / (base["GFLOPs"] * 1e9),
+    }
+
+
+def _workload_cases(
+    work: _Workload, methods: Iterable[str], config: VLMBenchConfig
+) -> Iterator[Case]:
+    from leanvision.core.errors import UnsupportedModelError
+    from leanvision.vlm import get_adapter
+
+    depth = len(get_adapter(work.model).decoder_layers(work.model))
+    work.patches.use(None, {})
+    base = _baseline_facts(work) | {"FLOPs ratio": 1.0} | _memory(work)
+    base_decode = _decode_rate(work, config.new_tokens, config.repeats)
+    base_seconds = statistics.median(work.seconds(work.prefill) for _ in range(config.repeats))
+    base |= {"decode tok/s": base_decode, "decode vs base": 1.0}
+    yield _case(work, BASELINE, (None, {}), base, baseline=True)
+    plan = [(m, None) for m in methods if m in UNBUDGETED]
+    plan += [(m, b) for b in config.budgets for m in methods if m not in UNBUDGETED]
+    for method, budget in plan:
+        label = method if budget is None else f"{method} @{budget}"
+        try:
+            target = method_options(method, budget, depth)
+            handle = work.patches.use(*target)
+            memory = _memory(work)  # its prefill also fills handle.stats
+            metrics = _method_facts(handle.stats, work.batch, base) | memory
+            rate = _decode_rate(work, config.new_tokens, config.repeats)
+            metrics |= {"decode tok/s": rate, "decode vs base": rate / base_decode}
+            if target[0] in PRE_LLM and target[0] != "pool":
+                pool = method_options("pool", budget, depth)
+                excess = _paired_excess(work, target, pool, config.repeats)
+                metrics["scoring<=%base"] = 100 * max(0.0, excess) / base_seconds
+        except (ValueError, TypeError, UnsupportedModelError) as error:
+            work.patches.use(None, {})
+            warnings.warn(f"vlm benchmark: skipping {work.group} / {label}: {error}", stacklevel=2)
+            continue
+        yield _case(work, label, target, metrics)
+
+
+def _case(work: _Workload, name: str, target: tuple, metrics: dict, baseline: bool = False) -> Case:
+    method, options = target
+
+    def prefill() -> Any:
+        work.patches.use(method, options)
+        return work.prefill()
+
+    return Case(
+        name=name,
+        fn=prefill,
+        items=work.batch,
+        unit="prompts",
+        group=work.group,
+        baseline=baseline,
+        metrics=metrics,
+    )
+
+
+def vlm_cases(options: BenchOptions, config: VLMBenchConfig | None = None) -> Iterator[Case]:
+    """The suite's cases: builds the models, measures the once-per-row columns, and yields one
+    prefill :class:`Case` per row (group ``"<model> <input> b<batch>"``).
+
+    >>> from leanvision.bench import run_cases                                  # doctest: +SKIP
+    >>> rows = run_cases("vlm", vlm_cases(BenchOptions(quick=True)))            # doctest: +SKIP
+    """
+    from leanvision.vlm import get_adapter
+
+    config = config or default_config(options)
+    jobs = [("image", config.image_model, config.scales, config.image_methods)]
+    jobs.append(("video", config.video_model, config.video_scales, config.video_methods))
+    loaded: dict[tuple, Any] = {}
+    for media, name, scales, methods in jobs:
+        if name is None:
+            continue
+        if (name, scales) not in loaded:
+            loaded[name, scales] = build_model(name, scales, options.device, options.dtype)
+        model = loaded[name, scales]
+        if media == "video" and not get_adapter(model.model).supports_video:
+            warnings.warn(f"vlm benchmark: {model.label} takes no video; skipped", stacklevel=2)
+            continue
+        kind = "image" if media == "image" else f"video {config.video_frames}f"
+        for batch in config.batches:
+            inputs = make_inputs(
+                model, media, batch, config.video_frames, config.prompt_words, options.device
+            )
+            group = f"{model.label} {kind} b{batch}"
+            work = _Workload(group, model.model, inputs, model.patches, batch, options.device)
+            yield from _workload_cases(work, methods, config)
+
+
+def device_slug(device: str) -> str:
+    """A file-name-safe device label: ``"cpu"`` or the GPU's name (``"nvidia-h100-80gb-hbm3"``).
+
+    >>> device_slug("cpu")
+    'cpu'
+    """
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return "cpu"
+
+
+@register_benchmark(
+    "vlm", "VLM visual-token compression: prefill, decode, KV/memory, FLOPs per method x budget"
+)
+def vlm_suite(options: BenchOptions) -> Iterable[Case]:
+    """Registered entry: :func:`vlm_cases` with :func:`default_config` ``(options)``."""
+    return vlm_cases(options)

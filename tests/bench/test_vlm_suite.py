@@ -1,0 +1,159 @@
+import json
+import math
+
+import pytest
+import torch
+
+from leanvision.bench import BenchOptions, get_suite, run_cases, write_json
+from leanvision.bench.suites import DEFAULT_SUITES, SUITES
+from leanvision.bench.suites.vlm import (
+    BASELINE,
+    IN_LLM,
+    PRE_LLM,
+    REFERENCE_TOKENS,
+    VIDEO_ONLY,
+    VLMBenchConfig,
+    default_config,
+    method_options,
+    scaled_layers,
+    vlm_cases,
+)
+from leanvision.vlm.registry import load_methods
+
+# Real token counts (576 per image, 196 per video frame) on the narrowest shapes; batch 2 so
+# left padding and per-row prompts are exercised, one budget, 2 frames.
+TINY = VLMBenchConfig(
+    scales=(1 / 64, 1 / 8),
+    video_scales=(1 / 64, 1 / 8),
+    video_frames=2,
+    budgets=(64,),
+    batches=(2,),
+    new_tokens=3,
+    repeats=1,
+)
+
+
+@pytest.fixture(scope="module")
+def quick_cases():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared; one thread per process avoids oversubscription
+    try:
+        yield list(vlm_cases(BenchOptions(quick=True), TINY))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def timings(quick_cases):
+    return run_cases("vlm", quick_cases, BenchOptions(quick=True), warmup=0, repeat=1)
+
+
+def test_vlm_suite_is_registered_but_not_a_default():
+    assert SUITES["vlm"] == "leanvision.bench.suites.vlm"
+    assert "vlm" not in DEFAULT_SUITES
+    assert "FLOPs" in get_suite("vlm").description
+
+
+def test_quick_config_is_smaller_and_cuda_runs_batch_8():
+    full, quick = default_config(BenchOptions()), default_config(BenchOptions(quick=True))
+    assert quick.budgets == (64,) and set(full.budgets) == {192, 128, 64}
+    assert quick.scales[0] < full.scales[0] and quick.repeats < full.repeats
+    cuda = default_config(BenchOptions(device="cuda"))
+    assert cuda.scales == (1.0, 1.0) and 8 in cuda.batches
+    assert 8 in default_config(BenchOptions(device="cuda", quick=True)).batches
+
+
+def test_in_llm_layers_scale_with_depth():
+    assert scaled_layers((8, 16, 24), 32) == (8, 16, 24)
+    assert scaled_layers((8, 16, 24), 4) == (1, 2, 3)
+    assert scaled_layers((3, 7, 16), 4) == (1, 2)  # stages 3 and 7 of 32 both land on 1
+    assert all(1 <= layer <= 27 for layer in scaled_layers((3, 7, 16), 28))
+    with pytest.raises(ValueError, match="depth"):
+        scaled_layers((2,), 1)
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+@pytest.mark.parametrize("depth", [4, 32])
+def test_every_method_resolves_to_a_valid_config_ending_at_the_budget(budget, depth):
+    keep = budget / REFERENCE_TOKENS
+    for method in PRE_LLM + IN_LLM + VIDEO_ONLY:
+        name, options = method_options(method, budget, depth)
+        config, _apply = load_methods().resolve(name, **options)  # validates the options
+        if name == "pdrop":
+            assert config.ratios[-1] == pytest.approx(keep)
+            assert list(config.ratios) == sorted(config.ratios, reverse=True)
+        elif name == "sparsevlm":
+            assert config.keep[-1] == pytest.approx(keep)
+        elif name in ("temporal", "progressive_pool"):
+            assert getattr(config, "keep", None) in (None, pytest.approx(keep))
+        else:
+            assert config.keep == pytest.approx(keep)
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_options("nonsense", 64, 4)
+
+
+def test_quick_suite_has_every_method_and_one_baseline_per_group(quick_cases):
+    groups: dict[str, list] = {}
+    for case in quick_cases:
+        groups.setdefault(case.group, []).append(case)
+    assert len(groups) == 2  # images, video
+    for name, cases in groups.items():
+        assert [case.name for case in cases if case.baseline] == [BASELINE], name
+    image = next(cases for name, cases in groups.items() if "image" in name)
+    video = next(cases for name, cases in groups.items() if "video 2f" in name)
+    assert {case.name for case in image} == {BASELINE} | {f"{m} @64" for m in PRE_LLM + IN_LLM}
+    video_names = {case.name.split(" @")[0] for case in video}
+    assert set(VIDEO_ONLY) <= video_names and "fastv" in video_names
+    assert all(case.items == 2 and case.unit == "prompts" for case in quick_cases)
+
+
+def test_compressed_rows_report_fewer_tokens_flops_and_cache(quick_cases):
+    baselines = {case.group: case.metrics for case in quick_cases if case.baseline}
+    image_base = next(m for group, m in baselines.items() if "image" in group)
+    assert image_base["visual tokens"] == 576 and image_base["FLOPs ratio"] == 1.0
+    for case in quick_cases:
+        if case.baseline:
+            continue
+        base, metrics = baselines[case.group], case.metrics
+        assert metrics["visual tokens"] < base["visual tokens"], case.name
+        assert 0 < metrics["FLOPs ratio"] < 1 and metrics["GFLOPs"] < base["GFLOPs"], case.name
+        assert 0 < metrics["KV MiB"] < base["KV MiB"], case.name
+        assert metrics["decode tok/s"] > 0 and math.isfinite(metrics["decode vs base"])
+        method = case.name.split(" @")[0]
+        if method in IN_LLM:  # early layers still see every visual token
+            assert metrics["avg visual/layer"] > metrics["visual tokens"], case.name
+        has_bound = method in PRE_LLM and method != "pool"
+        assert ("scoring<=%base" in metrics) == has_bound, case.name
+    pre_llm_image = [
+        c for c in quick_cases if "image" in c.group and c.name.split(" @")[0] in PRE_LLM
+    ]
+    # pre-LLM methods at @64 feed exactly 64 of 576 tokens per image
+    assert {c.metrics["visual tokens"] for c in pre_llm_image} == {64}
+
+
+def test_runner_computes_ratios_and_writes_json(timings, quick_cases, tmp_path):
+    assert len(timings) == len(quick_cases)
+    for timing in timings:
+        assert timing.speedup is not None and timing.speedup > 0
+        assert timing.throughput > 0
+        if timing.baseline:
+            assert timing.speedup == pytest.approx(1.0)
+    path = write_json(timings, tmp_path / "vlm.json", {"device": "cpu"}, {"quick": True})
+    rows = json.loads(path.read_text())["results"]
+    assert [row["case"] for row in rows] == [t.case for t in timings]
+    assert all("visual tokens" in row["metrics"] for row in rows)
+
+
+def test_cases_switch_patches_so_any_order_runs(quick_cases):
+    # Timing order is the runner's business: a case must apply its own method whatever ran
+    # before it, and the baseline must run unpatched after a compressed case.
+    image = [case for case in quick_cases if "image" in case.group]
+    baseline = next(case for case in image if case.baseline)
+    fastv = next(case for case in image if case.name.startswith("fastv"))
+    pool = next(case for case in image if case.name.startswith("pool"))
+    seq = {
+        name: case.fn().past_key_values.get_seq_length()
+        for name, case in (("fastv", fastv), ("base", baseline), ("pool", pool))
+    }
+    assert seq["pool"] < seq["base"]
+    assert baseline.fn().past_key_values.get_seq_length() == seq["base"]
