@@ -2,6 +2,7 @@
 
 SUITES: dict[str, str] = {
     "decode": "leanvision.bench.suites.decode",
+    "diffusion": "leanvision.bench.suites.diffusion",
     "seg": "leanvision.bench.suites.seg",
     "vlm": "leanvision.bench.suites.vlm",
 }

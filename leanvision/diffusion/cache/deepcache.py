@@ -1,0 +1,118 @@
+"""DeepCache (Ma et al., 2023): reuse a UNet's deep features, recompute its shallow branch.
+
+On a full step the whole UNet runs and every *deep* layer's output is kept; on the steps in
+between, the deep layers return their kept output without running and only the shallow skip
+branch is recomputed: ``conv_in``, down layers ``0..branch``, and the up layers from the one
+that consumes skip sample ``branch + 1`` to the end. Layers are hooked one by one (diffusers
+``ModelHook``s), so no UNet forward is copied.
+
+ControlNet rule: the ControlNet still runs every step. Its residuals are added by the UNet
+to the skip samples, so the shallow branch gets the current step's residuals; the deep
+features (and with them the deep ControlNet residuals) come from the last full step.
+
+>>> import leanvision as lv
+>>> from leanvision.testing.tiny_diffusion import tiny_sd_pipeline
+>>> tiny = tiny_sd_pipeline()
+>>> with lv.diffusion.accelerate(tiny.model, "deepcache", interval=3) as handle:
+...     _ = tiny.model(**{**tiny.inputs, "num_inference_steps": 7})
+>>> handle.stats["last_run"]
+'FCCFCCF'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from leanvision.core.config import MethodConfig, check_choice, check_range
+from leanvision.core.errors import UnsupportedModelError
+from leanvision.core.handle import Handle
+from leanvision.diffusion.cache._reuse import ReusePlan
+from leanvision.diffusion.cache.schedules import nonuniform_full_steps, uniform_full_steps
+from leanvision.diffusion.denoisers import consumer_of, find_denoiser, unet_layers
+from leanvision.diffusion.registry import METHODS
+from leanvision.diffusion.runtime import get_runtime
+
+__all__ = ["DeepCache", "deep_modules"]
+
+SCHEDULES = ("uniform", "nonuniform")
+
+
+@dataclasses.dataclass
+class DeepCache(MethodConfig):
+    """``interval``: one full step every ``interval`` steps (1 = no caching).
+    ``branch``: the skip branch kept fresh, 0 = shallowest (cheapest, most reuse).
+    ``schedule``: ``"uniform"`` or ``"nonuniform"`` (full steps dense around ``center``, a
+    fraction of the run, spread with exponent ``power``; DeepCache's 1:N strategy)."""
+
+    interval: int = 3
+    branch: int = 0
+    schedule: str = "uniform"
+    center: float = 0.3
+    power: float = 1.4
+
+    def validate(self) -> None:
+        if not isinstance(self.interval, int) or isinstance(self.interval, bool):
+            raise TypeError(f"interval must be an int, got {self.interval!r}")
+        check_range("interval", self.interval, 1)
+        if not isinstance(self.branch, int) or isinstance(self.branch, bool):
+            raise TypeError(f"branch must be an int, got {self.branch!r}")
+        check_range("branch", self.branch, 0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("center", self.center, 0.0, 1.0)
+        check_range("power", self.power, 1.0, 3.0)
+
+
+def deep_modules(unet: torch.nn.Module, branch: int) -> list[torch.nn.Module]:
+    """The UNet modules DeepCache reuses for skip branch ``branch``, in execution order.
+
+    >>> from leanvision.testing.tiny_diffusion import tiny_sd_pipeline
+    >>> unet = tiny_sd_pipeline().model.unet
+    >>> len(deep_modules(unet, 0)) > len(deep_modules(unet, 2))
+    True
+    """
+    down, mid, up = unet_layers(unet)
+    if branch >= len(down):
+        raise ValueError(
+            f"branch={branch} is out of range for this UNet; allowed: 0..{len(down) - 1}"
+        )
+    first_shallow_up = consumer_of(up, branch + 1)
+    layers = down[branch + 1 :] + [mid] + up[:first_shallow_up]
+    return [module for layer in layers for module in layer.modules]
+
+
+def full_step_schedule(config: DeepCache, num_steps: int) -> list[bool]:
+    """Which of ``num_steps`` steps run in full under ``config``."""
+    if config.schedule == "uniform":
+        return uniform_full_steps(num_steps, config.interval)
+    return nonuniform_full_steps(num_steps, config.interval, config.center, config.power)
+
+
+@METHODS.register("deepcache", DeepCache)
+def apply_deepcache(
+    denoiser: torch.nn.Module, config: DeepCache, handle: Handle, pipe: Any = None
+) -> None:
+    """Hook ``denoiser`` (a UNet) for DeepCache; undone by ``handle.remove()``."""
+    _, _, spec = find_denoiser(denoiser)
+    if spec.kind != "unet":
+        raise UnsupportedModelError(denoiser, ["UNet2DConditionModel (SD 1.x/2.x, SDXL)"])
+    modules = deep_modules(denoiser, config.branch)
+    runtime = get_runtime(handle, denoiser, pipe)
+    plan = ReusePlan(handle, runtime, "leanvision_deepcache")
+    plan.add_targets(modules)
+    schedule: dict[str, list[bool]] = {}
+
+    def decide() -> None:
+        if config.schedule == "uniform" and runtime.num_steps is None:
+            plan.set_reuse(runtime.step_index % config.interval != 0)
+            return
+        num_steps = runtime.require_num_steps("deepcache's non-uniform schedule")
+        if schedule.get("key") != (num_steps,):
+            schedule["key"], schedule["full"] = (num_steps,), full_step_schedule(config, num_steps)
+        full = schedule["full"]
+        step = runtime.step_index
+        plan.set_reuse(step < len(full) and not full[step])
+
+    runtime.on_call(decide)

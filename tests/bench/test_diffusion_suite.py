@@ -1,0 +1,88 @@
+"""The ``diffusion`` benchmark suite: registration, its model shapes, and its cases measured on
+a tiny pipeline (MACs ratio, fidelity columns, a timed run through the runner)."""
+
+from __future__ import annotations
+
+import math
+
+import diffusers as df
+import pytest
+import torch
+
+from leanvision.bench import BenchOptions, run_cases
+from leanvision.bench.registry import load_suites
+from leanvision.bench.suites import DEFAULT_SUITES, SUITES
+from leanvision.bench.suites import diffusion as suite
+from leanvision.testing.tiny_diffusion import tiny_sd_pipeline
+
+
+def test_registered_but_not_a_default():
+    assert SUITES["diffusion"] == "leanvision.bench.suites.diffusion"
+    assert "diffusion" not in DEFAULT_SUITES
+    assert load_suites()["diffusion"].name == "diffusion"
+
+
+def test_sd15_config_is_the_real_unet():
+    with torch.device("meta"):
+        unet = df.UNet2DConditionModel(**suite.SD15_UNET)
+    # SD 1.5's UNet has 859.52M parameters.
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+
+
+def test_dit_config_is_dit_xl_2():
+    with torch.device("meta"):
+        dit = df.DiTTransformer2DModel(**suite.DIT_XL_2, sample_size=64)
+    assert len(dit.transformer_blocks) == 28 and dit.inner_dim == 1152
+    # DiT-XL/2 has 675M parameters; diffusers' port repeats the timestep and class
+    # embedders in each block's adaLN-Zero, which adds 75M.
+    assert sum(p.numel() for p in dit.parameters()) == 749_826_464
+
+
+@pytest.mark.parametrize(
+    ("device", "quick", "want"),
+    [
+        ("cuda", False, {"width": 1.0, "image": 512, "steps": 50}),
+        ("cpu", True, {"width": 0.1, "image": 256, "steps": 10}),
+        ("cpu", False, {"width": 0.2, "image": 256, "steps": 25}),
+    ],
+)
+def test_sizes_follow_the_device(device, quick, want):
+    assert suite._sd_sizes(BenchOptions(device=device, quick=quick)) == want
+
+
+def tiny_scenario() -> suite.Scenario:
+    tiny = tiny_sd_pipeline(seed=0, output_type="pt")
+
+    def make_inputs():
+        return dict(tiny.info["make_inputs"](), num_inference_steps=6)
+
+    settings = [
+        ("tome r=0.5", [("tome", {"ratio": 0.5})]),
+        ("deepcache interval=3", [("deepcache", {"interval": 3})]),
+    ]
+    return suite.Scenario("tiny sd", tiny.model, make_inputs, settings, few_step=True)
+
+
+def test_cases_report_macs_and_fidelity_against_the_baseline():
+    cases = list(suite.scenario_cases(tiny_scenario(), "cpu"))
+    by_name = {case.name: case for case in cases}
+    assert list(by_name) == [
+        "baseline",
+        "tome r=0.5",
+        "deepcache interval=3",
+        "lcm 4 steps (few_step)",
+    ]  # the unregistered setting is left out
+    base = by_name["baseline"].metrics
+    assert by_name["baseline"].baseline and base["macs_ratio"] == 1.0
+    assert base["psnr"] == math.inf and base["ssim"] == 1.0 and base["latent_err"] == 0.0
+    for name in ("tome r=0.5", "deepcache interval=3", "lcm 4 steps (few_step)"):
+        metrics = by_name[name].metrics
+        assert metrics["macs_ratio"] < 1.0, name
+        assert math.isfinite(metrics["psnr"]) and metrics["ssim"] < 1.0, name
+        assert 0.0 < metrics["latent_err"] < 10.0, name
+    # LCM: 4 steps without CFG against 6 steps with it.
+    assert by_name["lcm 4 steps (few_step)"].metrics["macs_ratio"] < 0.5
+
+    timings = run_cases("diffusion", cases[:2], warmup=0, repeat=1)
+    assert timings[0].speedup == 1.0 and timings[1].speedup > 0
+    assert timings[1].metrics["macs_ratio"] == by_name["tome r=0.5"].metrics["macs_ratio"]
