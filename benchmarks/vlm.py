@@ -14,26 +14,19 @@ Run: ``python benchmarks/vlm.py --quick`` (CPU smoke run) or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from pathlib import Path
-
-import torch
-
-RESULTS_DIR = Path(__file__).with_name("results")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from leanvision.bench import BenchOptions, format_table, run_cases, write_json
-    from leanvision.bench.suites.vlm import default_config, device_slug, vlm_cases
-    from leanvision.core.env import environment_info
+    from leanvision.bench import BenchOptions, run_cases
+    from leanvision.bench.script import device_missing, resolve_dtype, save_results, suite_parser
+    from leanvision.bench.suites.vlm import default_config, vlm_cases
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA"
+    parser = suite_parser(
+        __doc__.splitlines()[0],
+        dtype_help="fp32 on CPU, bf16 on CUDA",
+        quick_help="budget 64 only, smaller models",
     )
     parser.add_argument("--model", help="a local checkpoint directory (default: shaped 7B models)")
     parser.add_argument(
@@ -42,37 +35,25 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="prompts per call, repeatable (default: 1 on CPU, 1 and 8 on CUDA)",
     )
-    parser.add_argument("--quick", action="store_true", help="budget 64 only, smaller models")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", help="where to write the table (and PATH.json)")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
+    if device_missing(args):
         return 2
     if args.batch and min(args.batch) < 1:
         print(f"--batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
-    default_dtype = "bf16" if args.device.startswith("cuda") else "fp32"
     options = BenchOptions(
         device=args.device,
-        dtype=DTYPES[args.dtype or default_dtype],
+        dtype=resolve_dtype(args, cpu="fp32", cuda="bf16"),
         quick=args.quick,
         model=args.model,
     )
     config = default_config(options)
     if args.batch:
         config = dataclasses.replace(config, batches=tuple(args.batch))
-    cases = vlm_cases(options, config)
-    timings = run_cases("vlm", cases, options, warmup=args.warmup, repeat=args.repeat)
-    table = format_table(timings)
-    print(table)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"vlm-{device_slug(args.device)}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    record = {**vars(args), "config": dataclasses.asdict(config)}
-    written = write_json(timings, out.with_suffix(".json"), environment_info(), record)
-    print(f"\ntable: {out}\nresults: {written}")
+    timings = run_cases(
+        "vlm", vlm_cases(options, config), options, warmup=args.warmup, repeat=args.repeat
+    )
+    save_results("vlm", timings, args, {**vars(args), "config": dataclasses.asdict(config)})
     return 0
 
 

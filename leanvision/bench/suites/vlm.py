@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import statistics
 import time
 import warnings
@@ -369,17 +368,6 @@ def vlm_cases(options: BenchOptions, config: VLMBenchConfig | None = None) -> It
             group = f"{model.label} {kind} b{batch}"
             work = _Workload(group, model.model, inputs, model.patches, batch, options.device)
             yield from _workload_cases(work, methods, config)
-
-
-def device_slug(device: str) -> str:
-    """A file-name-safe device label: ``"cpu"`` or the GPU's name (``"nvidia-h100-80gb-hbm3"``).
-
-    >>> device_slug("cpu")
-    'cpu'
-    """
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-    return "cpu"
 
 
 @register_benchmark(
