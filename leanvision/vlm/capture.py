@@ -31,7 +31,8 @@ _REGISTERED = False
 Listener = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, dict[str, Any]], None]
 
 
-def _delegate(module: nn.Module, implementation: str) -> Callable[..., Any]:
+def delegate_attention(module: nn.Module, implementation: str) -> Callable[..., Any]:
+    """The attention function ``implementation`` names, for ``module``'s model."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if implementation == "eager":
@@ -52,7 +53,9 @@ def _capture_attention(
     if listener is not None:
         listener(module, query, key, attention_mask, kwargs)
     implementation = _ORIGINAL.get(id(module.config), "sdpa")
-    return _delegate(module, implementation)(module, query, key, value, attention_mask, **kwargs)
+    return delegate_attention(module, implementation)(
+        module, query, key, value, attention_mask, **kwargs
+    )
 
 
 def _register() -> None:

@@ -17,12 +17,13 @@ name unknown to the mask interface would silently get *no* mask).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from leanvision.vlm.capture import delegate_attention
 
 INLLM_IMPLEMENTATION = "leanvision_inllm"
 
@@ -31,15 +32,6 @@ _ORIGINAL: dict[int, str] = {}
 # id(attention module) -> listener(module, query, key, attention_mask)
 _LISTENERS: dict[int, Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], None]] = {}
 _REGISTERED = False
-
-
-def _delegate(module: nn.Module, implementation: str) -> Callable[..., Any]:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    if implementation == "eager":
-        # transformers keeps each model's eager attention beside its attention class
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def _inllm_attention(
@@ -54,7 +46,9 @@ def _inllm_attention(
     if listener is not None:
         listener(module, query, key, attention_mask)
     implementation = _ORIGINAL.get(id(module.config), "sdpa")
-    return _delegate(module, implementation)(module, query, key, value, attention_mask, **kwargs)
+    return delegate_attention(module, implementation)(
+        module, query, key, value, attention_mask, **kwargs
+    )
 
 
 def _inllm_mask(*args: Any, config: Any = None, **kwargs: Any) -> Any:
