@@ -26,15 +26,22 @@ def test_short_calls_are_looped_inside_a_sample():
     assert counter["calls"] > 10
 
 
-def test_speedup_is_relative_to_the_baseline_of_the_same_group():
+def test_speedup_is_relative_to_the_baseline_of_the_same_group(monkeypatch):
+    # A fake clock that only the timed functions advance: the ratios are exact, not timings.
+    now = [0.0]
+    monkeypatch.setattr("leanvision.bench.runner.time.perf_counter", lambda: now[0])
+
+    def costs(seconds):
+        return lambda: now.__setitem__(0, now[0] + seconds)
+
     cases = [
-        Case("base", lambda: sum(range(40000)), group="a", baseline=True),
-        Case("quarter", lambda: sum(range(10000)), group="a"),
-        Case("alone", lambda: None, group="b"),
+        Case("base", costs(0.4), group="a", baseline=True),
+        Case("quarter", costs(0.1), group="a"),
+        Case("alone", costs(0.2), group="b"),
     ]
     rows = {t.case: t for t in run_cases("demo", cases, repeat=5)}
     assert rows["base"].speedup == pytest.approx(1.0)
-    assert rows["quarter"].speedup > 1.5
+    assert rows["quarter"].speedup == pytest.approx(4.0)
     assert rows["alone"].speedup is None
     table = format_table(list(rows.values()))
     assert "baseline" in table and "quarter" in table
