@@ -78,10 +78,15 @@ class _RuntimeHook(ModelHook):
         self.runtime = runtime
         self.state_manager = StateManager(_NoState)
 
+    # torch.compile: the runtime's bookkeeping is plain Python (counters, stats, warnings).
+    # Traced, every counter becomes a guard and each call recompiles until dynamo's
+    # recompile limit; run eagerly instead (one graph break per denoiser call).
+    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         self.runtime._begin_call(args, kwargs, self.state_manager._context)
         return args, kwargs
 
+    @torch.compiler.disable
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         self.runtime._end_call()
         return output

@@ -10,6 +10,13 @@ ControlNet rule: the ControlNet still runs every step. Its residuals are added b
 to the skip samples, so the shallow branch gets the current step's residuals; the deep
 features (and with them the deep ControlNet residuals) come from the last full step.
 
+torch.compile: compile the UNet in place, ``pipe.unet.compile()`` (before or after applying);
+``pipe.unet = torch.compile(pipe.unet)`` replaces it with an ``OptimizedModule``, which is
+refused with :class:`~leanvision.UnsupportedModelError`. The step bookkeeping runs eagerly
+(one graph break per UNet call), and the reuse hooks compile into two variants (full and
+cached step), so later calls do not recompile. ``remove()`` drops the hooks, not the
+compilation (tested in ``tests/diffusion/test_delegated_and_compile.py``).
+
 >>> import leanvision as lv
 >>> from leanvision.testing.tiny_diffusion import tiny_sd_pipeline
 >>> tiny = tiny_sd_pipeline()

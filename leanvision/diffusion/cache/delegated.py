@@ -24,6 +24,7 @@ UNet they raise :class:`~leanvision.UnsupportedModelError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -114,7 +115,9 @@ class FasterCache(MethodConfig):
     """diffusers' FasterCache: attention reuse every ``spatial_skip`` steps inside
     ``timestep_range``, plus CFG-cache (unconditional branch every ``unconditional_skip``
     steps inside ``unconditional_timestep_range``; batched CFG only). ``guidance_distilled``
-    defaults to the denoiser's ``guidance_embeds`` config (Flux-dev-like models)."""
+    defaults to the denoiser's ``guidance_embeds`` config (Flux-dev-like models). The first
+    denoiser call of a run always computes in full (diffusers would crash there on
+    guidance-distilled models when the first timestep is inside ``timestep_range``)."""
 
     spatial_skip: int = 2
     timestep_range: tuple[float, float] = (-1, 681)
@@ -221,6 +224,13 @@ def _apply_delegated(denoiser: torch.nn.Module, config: Any, handle: Handle, pip
     runtime.provide_cache_context = True
 
     def current_timestep() -> float:
+        if isinstance(config, FasterCache) and runtime.step_index == 0 and runtime.branch == 0:
+            # diffusers' FasterCache block hook reuses its (still empty) cache on the first call
+            # of a guidance-distilled model (Flux) whose first timestep lies in timestep_range,
+            # and crashes with "'NoneType' object is not subscriptable". Nothing is cached yet,
+            # so report a timestep outside every range: the first call always computes, which is
+            # what diffusers does anyway whenever it does not crash.
+            return math.inf
         value = getattr(pipe, "current_timestep", None) if pipe is not None else None
         if value is None:
             value = runtime.timestep
