@@ -50,12 +50,17 @@ class PrefillCompressor:
         self.adapter = adapter
         self.request = config.score_request(adapter.default_score_layer(model))
         self.state: DecodeState | None = None
+        # what a following in-LLM stage (video ``then=``) needs from the current prefill:
+        # ``input_ids`` as the language model sees them (``-1`` for padding slots),
+        # ``visual_before`` (B,) visual tokens per row of the original prompt; None otherwise
+        self.last_prefill: dict[str, Any] | None = None
 
     # -- hook ----------------------------------------------------------------------------------
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         if args:  # the outer models pass everything by keyword; accept input_ids positionally
             kwargs = {**kwargs, "input_ids": args[0]}
             args = ()
+        self.last_prefill = None
         cache = kwargs.get("past_key_values")
         past = 0 if cache is None else int(cache.get_seq_length())
         vision = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos"))
@@ -135,6 +140,14 @@ class PrefillCompressor:
         self.state = DecodeState(length, spliced.attention_mask, offset, rope_deltas)
         self._record_stats(segments, kept, input_ids.shape[0], length, new_length)
         self.handle.stats["kept_positions"] = [row[row >= 0].tolist() for row in spliced.kept_index]
+        valid = spliced.kept_index >= 0
+        short_ids = input_ids.gather(1, spliced.kept_index.clamp(min=0)).masked_fill(~valid, -1)
+        visual = torch.stack(list(masks.values())).any(dim=0)
+        self.last_prefill = {
+            "input_ids": short_ids,
+            "visual_before": visual.sum(-1),
+            "stats": dict(self.handle.stats),
+        }
 
         new = {k: v for k, v in kwargs.items() if k not in adapter.vision_kwargs}
         new["input_ids"] = None
@@ -227,8 +240,11 @@ def _no_mm_encoder_outputs() -> bool:
     return False
 
 
-def install_prefill(model: nn.Module, config: Any, handle: Any, adapter: VLMAdapter) -> None:
-    """Install the prefill hook (and the attention capture when ``config`` needs scores)."""
+def install_prefill(
+    model: nn.Module, config: Any, handle: Any, adapter: VLMAdapter
+) -> PrefillCompressor:
+    """Install the prefill hook (and the attention capture when ``config`` needs scores);
+    returns the hook, whose ``last_prefill`` a following in-LLM stage reads."""
     compressor = PrefillCompressor(model, config, handle, adapter)
     request = compressor.request
     if request.scores or request.keys:
@@ -244,3 +260,4 @@ def install_prefill(model: nn.Module, config: Any, handle: Any, adapter: VLMAdap
     inner = adapter.inner(model)
     handle.add_hook(inner.register_forward_pre_hook(compressor, with_kwargs=True))
     handle.stats["method"] = handle.method
+    return compressor

@@ -10,8 +10,17 @@ tokens=32)`` then applies VisionZip to each frame's surviving tokens (``tokens``
 ``progressive_pool`` (Visual Context Window Extension): the first frame of every ``group``
 keeps all its tokens, the others are average-pooled by ``stride`` in space.
 
+Both can be followed by an in-LLM method (``fastv``, ``pdrop``, ``sparsevlm``) through
+``then``; its other options go in ``then_options`` (``tokens``/``keep`` are forwarded too).
+The in-LLM stage then prunes the already-shortened sequence inside the language model, and
+both patches live in the one handle ``compress`` returns:
+``compress(model, "temporal", threshold=0.9, then="fastv", then_options={"layer": 2},
+keep=0.25)``.
+
 >>> Temporal(threshold=0.8, then="pool", keep=0.5).then_config().keep
 0.5
+>>> Temporal(then="fastv", then_options={"layer": 2}, keep=0.25).inllm_then().layer
+2
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import torch
 from leanvision.core.config import MethodConfig, check_range
 from leanvision.vlm import mergers
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
+from leanvision.vlm.inllm import FastV, PDrop, SparseVLM
 from leanvision.vlm.methods import BudgetConfig, compress_frames
-from leanvision.vlm.prefill import install_prefill
+from leanvision.vlm.prefill import PrefillCompressor, install_prefill
 from leanvision.vlm.registry import METHODS
 from leanvision.vlm.scorers import NO_REQUEST, Unit, frame_similarity
 
@@ -38,38 +48,74 @@ def _check_video_model(name: str, model: Any, adapter: VLMAdapter) -> None:
         )
 
 
+IMAGE_THEN = "visionzip, prumerge+, tome, divprune, random, pool"
+INLLM_THEN = "fastv, pdrop, sparsevlm"
+INLLM_CONFIGS = (FastV, PDrop, SparseVLM)
+
+
+class ThenMixin:
+    """``then``/``then_options`` handling shared by the video methods (fields declared by
+    each dataclass: ``then``, ``then_options``, ``tokens``, ``keep``)."""
+
+    then: str | MethodConfig | None
+    then_options: dict[str, Any] | None
+    tokens: int | None
+    keep: float | None
+
+    def then_config(self) -> MethodConfig | None:
+        """The method that follows (image or in-LLM), resolved with its options."""
+        if self.then is None:
+            if self.then_options:
+                raise ValueError("then_options needs then= (the method they configure)")
+            return None
+        if isinstance(self.then, MethodConfig):
+            if self.then_options:
+                raise TypeError("pass then_options only with then= a method name, not a config")
+            config = self.then
+        elif isinstance(self.then, str):
+            if self.then_options is not None and not isinstance(self.then_options, dict):
+                raise TypeError(f"then_options must be a dict, got {self.then_options!r}")
+            options = {"tokens": self.tokens, "keep": self.keep, **(self.then_options or {})}
+            options = {k: v for k, v in options.items() if v is not None}
+            config, _apply = METHODS.resolve(self.then, **options)
+        else:
+            raise TypeError(f"then must be a method name or config, got {self.then!r}")
+        image = isinstance(config, BudgetConfig) and not isinstance(config, ThenMixin)
+        if not image and not isinstance(config, INLLM_CONFIGS):
+            raise ValueError(
+                f"then={self.then!r} must be an image method ({IMAGE_THEN}) or an in-LLM "
+                f"method ({INLLM_THEN})"
+            )
+        return config
+
+    def image_then(self) -> BudgetConfig | None:
+        """The image method applied to every frame's surviving tokens, if ``then`` is one."""
+        config = self.then_config()
+        return None if isinstance(config, INLLM_CONFIGS) else config
+
+    def inllm_then(self) -> MethodConfig | None:
+        """The in-LLM method that prunes the shortened sequence, if ``then`` is one."""
+        config = self.then_config()
+        return config if isinstance(config, INLLM_CONFIGS) else None
+
+
 @dataclasses.dataclass
-class Temporal(BudgetConfig):
+class Temporal(ThenMixin, BudgetConfig):
     """Merge each frame's tokens that repeat the previous frame (cosine > ``threshold``),
-    then optionally apply the image method ``then`` (a name or config) to every frame."""
+    then optionally apply ``then`` (a name or config): an image method to every frame, or an
+    in-LLM method to the shortened sequence (more options in ``then_options``)."""
 
     threshold: float = 0.9
     then: str | MethodConfig | None = None
+    then_options: dict[str, Any] | None = None
 
     def validate(self) -> None:
         super().validate()
         check_range("threshold", self.threshold, low=-1.0, high=1.0)
-        if self.then is not None:
-            self.then_config()  # raises for an unknown method or bad options
-
-    def then_config(self) -> BudgetConfig | None:
-        if self.then is None:
-            return None
-        if isinstance(self.then, MethodConfig):
-            config = self.then
-        else:
-            options = {"tokens": self.tokens, "keep": self.keep}
-            options = {k: v for k, v in options.items() if v is not None}
-            config, _apply = METHODS.resolve(self.then, **options)
-        if not isinstance(config, BudgetConfig) or isinstance(config, (Temporal, ProgressivePool)):
-            raise ValueError(
-                f"then={self.then!r} must be an image method (visionzip, prumerge+, tome, "
-                "divprune, random, pool)"
-            )
-        return config
+        self.then_config()  # raises for an unknown method or bad options
 
     def score_request(self, default_layer: int) -> ScoreRequest:
-        then = self.then_config()
+        then = self.image_then()
         return NO_REQUEST if then is None else then.score_request(default_layer)
 
     def check_model(self, model: Any, adapter: VLMAdapter) -> None:
@@ -79,7 +125,7 @@ class Temporal(BudgetConfig):
             then.check_model(model, adapter)
 
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
-        then = self.then_config()
+        then = self.image_then()
         if segment.kind != "video" or not segment.frame_slices:
             if then is None:
                 return torch.arange(segment.num_tokens), segment.features
@@ -132,24 +178,37 @@ class Temporal(BudgetConfig):
 
 
 @dataclasses.dataclass
-class ProgressivePool(BudgetConfig):
-    """Keep every ``group``-th frame whole and average-pool the others by ``stride``."""
+class ProgressivePool(ThenMixin, BudgetConfig):
+    """Keep every ``group``-th frame whole and average-pool the others by ``stride``;
+    optionally followed by the in-LLM method ``then`` (``tokens``/``keep`` and
+    ``then_options`` configure it)."""
 
     stride: int = 2
     group: int = 4
+    then: str | MethodConfig | None = None
+    then_options: dict[str, Any] | None = None
 
     def validate(self) -> None:
         super().validate()
-        if self.tokens is not None or self.keep is not None:
+        if self.then is None and (self.tokens is not None or self.keep is not None):
             raise ValueError(
-                "progressive_pool sets its budget with stride= and group=, not tokens=/keep="
+                "progressive_pool sets its budget with stride= and group=, not tokens=/keep= "
+                "(those configure then=)"
             )
         check_range("stride", self.stride, low=1)
         check_range("group", self.group, low=1)
+        if self.then is not None and self.inllm_then() is None:
+            raise ValueError(
+                f"progressive_pool then={self.then!r}: allowed: an in-LLM method ({INLLM_THEN})"
+            )
 
     def check_model(self, model: Any, adapter: VLMAdapter) -> None:
         _check_video_model("progressive_pool", model, adapter)
-        super().check_model(model, adapter)
+        if self.renumber and adapter.mrope:
+            super().check_model(model, adapter)  # raises: renumber on M-RoPE
+        then = self.then_config()
+        if then is not None:
+            then.check_model(model, adapter)
 
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
         if segment.kind != "video" or not segment.frame_slices:
@@ -163,5 +222,52 @@ class ProgressivePool(BudgetConfig):
         return compress_frames(segment, per_frame)
 
 
-METHODS.register("temporal", Temporal)(install_prefill)
-METHODS.register("progressive_pool", ProgressivePool)(install_prefill)
+def install_video(
+    model: Any, config: Temporal | ProgressivePool, handle: Any, adapter: Any
+) -> None:
+    """Install the video stage, then the in-LLM method of ``config.then`` (if any) on the
+    same handle: it finds the visual tokens in the ids of the shortened sequence."""
+    compressor = install_prefill(model, config, handle, adapter)
+    inllm = config.inllm_then()
+    if inllm is None:
+        return
+    entry = METHODS.entry(inllm)
+    pruner = entry.apply(model, inllm, handle, adapter)
+    pruner.ids_source = lambda: (
+        None if compressor.last_prefill is None else compressor.last_prefill["input_ids"]
+    )
+    language_model = adapter.language_model(model)
+    # registered after the pruner's own forward hook, so it runs after its stats are written
+    handle.add_hook(language_model.register_forward_hook(_merge_stats(compressor, handle)))
+    handle.stats["method"] = handle.method
+    handle.stats["then"] = entry.name
+
+
+def _merge_stats(compressor: PrefillCompressor, handle: Any):
+    """After a composed prefill: the in-LLM stats, measured against the ORIGINAL prompt."""
+
+    def hook(module: Any, args: tuple, output: Any) -> None:
+        video = compressor.last_prefill  # None at decode steps and unpruned prefills
+        stats = handle.stats
+        if video is None or "tokens_per_layer" not in stats:
+            return
+        first = video["stats"]
+        keys = ("tokens_before", "tokens_after", "sequence_length_before")
+        stats["video_stage"] = {
+            **{key: first[key] for key in keys},
+            "sequence_length_after": first["sequence_length_after"],
+            "prefill_flops_after": first["prefill_flops_after"],
+        }
+        stats.update(
+            kept_positions=first["kept_positions"],
+            tokens_before=[int(v) for v in video["visual_before"].tolist()],
+            sequence_length_before=first["sequence_length_before"],
+            prefill_flops_before=first["prefill_flops_before"],
+            flops_ratio=stats["prefill_flops_after"] / first["prefill_flops_before"],
+        )
+
+    return hook
+
+
+METHODS.register("temporal", Temporal)(install_video)
+METHODS.register("progressive_pool", ProgressivePool)(install_video)

@@ -25,6 +25,7 @@ stay rectangular.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -176,6 +177,10 @@ class InLLMPruner:
         self.state: Prefill | None = None
         self.phase = "idle"
         self._pending_ids: torch.Tensor | None = None
+        # set when a pre-LLM stage runs first (video ``then=``): it replaces ``input_ids`` by a
+        # shorter ``inputs_embeds``, so the ids of the tokens the language model really sees
+        # (to find the visual ones) come from it; returns None when it did not prune
+        self.ids_source: Callable[[], torch.Tensor | None] | None = None
         self._cache: dict[int, dict[str, Any]] = {}
 
     # -- installation --------------------------------------------------------------------------
@@ -204,6 +209,8 @@ class InLLMPruner:
     # -- forward-level hooks -------------------------------------------------------------------
     def _inner_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None and self.ids_source is not None:
+            ids = self.ids_source()
         self._pending_ids = ids if isinstance(ids, torch.Tensor) else None
 
     def _lm_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:

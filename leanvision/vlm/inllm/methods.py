@@ -199,12 +199,14 @@ def install(model: nn.Module, config: Any, handle: Any, adapter: Any, stages, po
 
 
 @METHODS.register("fastv", FastV)
-def apply_fastv(model: nn.Module, config: FastV, handle: Any, adapter: Any) -> None:
+def apply_fastv(model: nn.Module, config: FastV, handle: Any, adapter: Any) -> InLLMPruner:
     renumber = resolve_renumber(config.renumber, False, adapter)
-    install(model, config, handle, adapter, (config.layer,), LastTokenPolicy(config), renumber)
+    return install(
+        model, config, handle, adapter, (config.layer,), LastTokenPolicy(config), renumber
+    )
 
 
 @METHODS.register("pdrop", PDrop)
-def apply_pdrop(model: nn.Module, config: PDrop, handle: Any, adapter: Any) -> None:
+def apply_pdrop(model: nn.Module, config: PDrop, handle: Any, adapter: Any) -> InLLMPruner:
     renumber = resolve_renumber(config.renumber, True, adapter)
-    install(model, config, handle, adapter, config.layers, LastTokenPolicy(config), renumber)
+    return install(model, config, handle, adapter, config.layers, LastTokenPolicy(config), renumber)

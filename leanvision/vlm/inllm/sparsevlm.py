@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from leanvision.core.config import MethodConfig, check_range
-from leanvision.vlm.inllm.engine import Prefill, Selection, Tokens
+from leanvision.vlm.inllm.engine import InLLMPruner, Prefill, Selection, Tokens
 from leanvision.vlm.inllm.methods import (
     attention_scale,
     check_depth,
@@ -223,6 +223,6 @@ class RaterPolicy:
 
 
 @METHODS.register("sparsevlm", SparseVLM)
-def apply_sparsevlm(model: nn.Module, config: SparseVLM, handle: Any, adapter: Any) -> None:
+def apply_sparsevlm(model: nn.Module, config: SparseVLM, handle: Any, adapter: Any) -> InLLMPruner:
     renumber = resolve_renumber(config.renumber, True, adapter)
-    install(model, config, handle, adapter, config.layers, RaterPolicy(config), renumber)
+    return install(model, config, handle, adapter, config.layers, RaterPolicy(config), renumber)
