@@ -11,6 +11,7 @@ from diffusers import FasterCacheConfig, HookRegistry, apply_faster_cache
 import leanvision as lv
 from leanvision.core.handle import Handle
 from leanvision.diffusion import FasterCache
+from leanvision.diffusion.cache.delegated import CFG_INPUTS
 from leanvision.testing.tiny_diffusion import (
     tiny_dit,
     tiny_flux,
@@ -21,16 +22,6 @@ from leanvision.testing.tiny_diffusion import (
 
 # 8 steps: with spatial_skip=2 the attention of every other step inside the range is reused.
 STEPS = 8
-# The batch-concatenated CFG inputs of the DiT pipelines (what leanvision passes diffusers).
-CFG_INPUTS = (
-    "hidden_states",
-    "encoder_hidden_states",
-    "timestep",
-    "attention_mask",
-    "encoder_attention_mask",
-    "pooled_projections",
-    "class_labels",
-)
 
 
 def run(tiny, steps: int = STEPS, **overrides) -> torch.Tensor:

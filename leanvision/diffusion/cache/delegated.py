@@ -53,7 +53,8 @@ def _check_range_pair(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a (low, high) pair with low < high, got {value!r}")
 
 
-_CFG_INPUTS = (
+# The batch-concatenated CFG inputs of the DiT pipelines, which FasterCache splits per branch.
+CFG_INPUTS = (
     "hidden_states",
     "encoder_hidden_states",
     "timestep",
@@ -148,7 +149,7 @@ class FasterCache(MethodConfig):
             is_guidance_distilled=distilled,
             current_timestep_callback=timestep,
             # The batch-concatenated CFG inputs of every supported DiT pipeline.
-            _unconditional_conditional_input_kwargs_identifiers=_CFG_INPUTS,
+            _unconditional_conditional_input_kwargs_identifiers=CFG_INPUTS,
         )
 
 
