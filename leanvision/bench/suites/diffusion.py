@@ -32,6 +32,7 @@ import torch
 from leanvision.bench.registry import BenchOptions, Case, register_benchmark
 from leanvision.diffusion.few_step import few_step
 from leanvision.diffusion.macs import denoising_macs
+from leanvision.testing.diffusion_parts import SD_SCHEDULE
 
 Setting = tuple[str, list[tuple[str, dict[str, Any]]]]  # label, [(method, options), ...]
 QUICK_SETTINGS = (
@@ -83,15 +84,6 @@ DIT_XL_2 = dict(
     activation_fn="gelu-approximate",
     attention_bias=True,
     norm_elementwise_affine=False,
-)
-SD_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
 )
 
 
