@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from leanvision.core.config import MethodConfig, check_range
+from leanvision.core.config import MethodConfig, check_budget, check_range
 from leanvision.vlm import mergers, selectors
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
 from leanvision.vlm.adapters.llava import resolve_layer
@@ -39,16 +39,7 @@ class BudgetConfig(MethodConfig):
     renumber: bool = False
 
     def validate(self) -> None:
-        if self.tokens is not None and self.keep is not None:
-            raise ValueError(f"pass tokens= or keep=, not both (got {self.tokens}, {self.keep})")
-        if self.tokens is not None:
-            if isinstance(self.tokens, bool) or not isinstance(self.tokens, int):
-                raise TypeError(f"tokens must be an int, got {self.tokens!r}")
-            check_range("tokens", self.tokens, low=1)
-        if self.keep is not None:
-            check_range("keep", self.keep, low=0.0, high=1.0, low_inclusive=False)
-        if not isinstance(self.renumber, bool):
-            raise TypeError(f"renumber must be a bool, got {self.renumber!r}")
+        check_budget(self.tokens, self.keep, self.renumber)
 
     def budget(self, available: int) -> int:
         """Tokens kept out of ``available`` (at least 1, at most ``available``)."""

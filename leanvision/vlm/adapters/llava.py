@@ -116,16 +116,7 @@ class LlavaAdapter(VLMAdapter):
         )
         features = list(output.pooler_output)
         stats = self._drop_cls(model, inputs, stack_records(records)) if records else None
-        segments = []
-        for index, feature in enumerate(features):
-            count = feature.shape[0]
-            side = math.isqrt(count)
-            grid = (side, side) if side * side == count else None
-            segment = VisualSegment(features=feature, kind="image", grid=grid)
-            if stats is not None:
-                attach_stats(segment, stats[index], request)
-            segments.append(segment)
-        return segments
+        return image_segments(features, stats, request)
 
 
 def stack_records(
@@ -143,6 +134,23 @@ def stack_records(
         key = keys if keys is not None else torch.zeros(length, 0, device=device)
         rows.append(torch.cat([score.float().unsqueeze(-1), key.float()], dim=-1))
     return torch.stack(rows)
+
+
+def image_segments(
+    features: list[torch.Tensor], stats: torch.Tensor | None, request: ScoreRequest
+) -> list[VisualSegment]:
+    """One image segment per feature map, on a square grid when the count is a square, with
+    its scoring stats attached when there are any."""
+    segments = []
+    for index, feature in enumerate(features):
+        count = feature.shape[0]
+        side = math.isqrt(count)
+        grid = (side, side) if side * side == count else None
+        segment = VisualSegment(features=feature, kind="image", grid=grid)
+        if stats is not None:
+            attach_stats(segment, stats[index], request)
+        segments.append(segment)
+    return segments
 
 
 def attach_stats(segment: VisualSegment, stats: torch.Tensor, request: ScoreRequest) -> None:

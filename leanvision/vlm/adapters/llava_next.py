@@ -9,7 +9,6 @@ the features by running the model's own ``pack_image_features`` on them, with a 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment
-from leanvision.vlm.adapters.llava import LlavaAdapter, attach_stats, stack_records
+from leanvision.vlm.adapters.llava import LlavaAdapter, image_segments, stack_records
 
 
 @contextlib.contextmanager
@@ -83,13 +82,4 @@ class LlavaNextAdapter(LlavaAdapter):
         if records:
             stats = self._drop_cls(model, inputs, stack_records(records))
             packed_stats = self._pack_stats(model, calls[-1], stats)
-        segments = []
-        for index, feature in enumerate(features):
-            count = feature.shape[0]
-            side = math.isqrt(count)
-            grid = (side, side) if side * side == count else None
-            segment = VisualSegment(features=feature, kind="image", grid=grid)
-            if packed_stats is not None:
-                attach_stats(segment, packed_stats[index], request)
-            segments.append(segment)
-        return segments
+        return image_segments(features, packed_stats, request)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from leanvision.core.config import MethodConfig, check_range
+from leanvision.core.config import MethodConfig, check_budget, check_range
 from leanvision.vlm.inllm.engine import InLLMPruner, Prefill, Selection, Tokens
 from leanvision.vlm.inllm.selection import drop_count, drop_mask, received_attention
 from leanvision.vlm.registry import METHODS
@@ -133,16 +133,7 @@ class FastV(MethodConfig):
 
     def validate(self) -> None:
         check_layers("layer", self.layer)
-        if self.tokens is not None and self.keep is not None:
-            raise ValueError(f"pass tokens= or keep=, not both (got {self.tokens}, {self.keep})")
-        if self.tokens is not None:
-            if isinstance(self.tokens, bool) or not isinstance(self.tokens, int):
-                raise TypeError(f"tokens must be an int, got {self.tokens!r}")
-            check_range("tokens", self.tokens, low=1)
-        if self.keep is not None:
-            check_range("keep", self.keep, low=0.0, high=1.0, low_inclusive=False)
-        if not isinstance(self.renumber, bool):
-            raise TypeError(f"renumber must be a bool, got {self.renumber!r}")
+        check_budget(self.tokens, self.keep, self.renumber)
 
     def check_model(self, model: nn.Module, adapter: Any) -> None:
         check_depth("layer", (self.layer,), adapter, model)
