@@ -253,11 +253,6 @@ def _accelerated(pipe: Any, methods: list[tuple[str, dict[str, Any]]]) -> Varian
     return Variant("", applied)
 
 
-def _count_macs(pipe: Any, inputs: dict[str, Any]) -> float:
-    """MACs per image of the denoising loop."""
-    return denoising_macs(pipe, inputs).per_image
-
-
 def _measure(scenario: Scenario, variant: Variant, device: str) -> dict[str, Any]:
     """Images, final latents, MACs per image and peak memory of one call of ``variant``."""
     cuda = device.startswith("cuda")
@@ -266,8 +261,8 @@ def _measure(scenario: Scenario, variant: Variant, device: str) -> dict[str, Any
     vae = scenario.pipe.vae
     first = getattr(vae, "post_quant_conv", None) or vae.decoder
     latents: list[torch.Tensor] = []
+    # One call gives the MACs, the images, the final latents and the peak memory.
     with variant.applied():
-        macs = _count_macs(scenario.pipe, variant.inputs(scenario))
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -275,11 +270,11 @@ def _measure(scenario: Scenario, variant: Variant, device: str) -> dict[str, Any
             lambda _m, args: latents.append(args[0].float().cpu())
         )
         try:
-            with torch.no_grad():
-                images = scenario.pipe(**variant.inputs(scenario)).images
+            report = denoising_macs(scenario.pipe, variant.inputs(scenario))
         finally:
             hook.remove()
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    images, macs = report.output.images, report.per_image
     return {"images": images.float().cpu(), "latents": latents[-1], "macs": macs, "peak_GB": peak}
 
 
