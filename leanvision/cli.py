@@ -41,7 +41,8 @@ def _bench(args: argparse.Namespace) -> int:
         print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
         return 2
     options = BenchOptions(
-        device=args.device, dtype=getattr(torch, args.dtype), quick=args.quick, model=args.model
+        device=args.device, dtype=getattr(torch, args.dtype), quick=args.quick, model=args.model,
+        full=args.full,
     )
     timings = run_suites(names, options, warmup=args.warmup, repeat=args.repeat)
     print(format_table(timings))
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="float32", choices=DTYPES)
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
     bench.add_argument("--model", help="a local checkpoint path or hub id, for model suites")
+    bench.add_argument(
+        "--full", action="store_true", help="full-size models and schedules even on a CPU (slow)"
+    )
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--repeat", type=int, default=5)
     bench.set_defaults(func=_bench)

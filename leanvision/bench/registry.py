@@ -12,12 +12,15 @@ import torch
 
 @dataclasses.dataclass
 class BenchOptions:
-    """Settings every suite receives. ``quick`` asks for smaller sizes (CI, smoke runs)."""
+    """Settings every suite receives. ``quick`` asks for smaller sizes (CI, smoke runs);
+    ``full`` asks for the GPU's full-size models and schedules on any device (suites that
+    scale down on a CPU say how they honour it)."""
 
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     quick: bool = False
     model: str | None = None
+    full: bool = False
 
 
 @dataclasses.dataclass

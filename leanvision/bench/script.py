@@ -56,6 +56,16 @@ def device_label(device: str) -> str:
     return "cpu"
 
 
+def results_name(suite: str, args: argparse.Namespace) -> str:
+    """``<suite>-<device>[-full][-quick].txt``, the default name of a script's table.
+
+    >>> results_name("diffusion", argparse.Namespace(device="cpu", quick=True, full=True))
+    'diffusion-cpu-full-quick.txt'
+    """
+    flags = "".join(f"-{flag}" for flag in ("full", "quick") if getattr(args, flag, False))
+    return f"{suite}-{device_label(args.device)}{flags}.txt"
+
+
 def save_results(
     suite: str,
     timings: list[Timing],
@@ -63,15 +73,12 @@ def save_results(
     record: dict[str, Any] | None = None,
 ) -> Path:
     """Print the table, write it to ``--out`` (default ``benchmarks/results/<suite>-<device>
-    [-quick].txt``) and the rows with the environment beside it as JSON; return the table's path.
+    [-full][-quick].txt``) and the rows with the environment beside it as JSON; return the table's path.
     """
     table = format_table(timings)
     print(table)
-    quick = "-quick" if args.quick else ""
     results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-    out = (
-        Path(args.out) if args.out else results / f"{suite}-{device_label(args.device)}{quick}.txt"
-    )
+    out = Path(args.out) if args.out else results / results_name(suite, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     written = write_json(

@@ -39,15 +39,26 @@ def test_dit_config_is_dit_xl_2():
 
 
 @pytest.mark.parametrize(
-    ("device", "quick", "want"),
+    ("device", "quick", "full", "want"),
     [
-        ("cuda", False, {"width": 1.0, "image": 512, "steps": 50}),
-        ("cpu", True, {"width": 0.1, "image": 256, "steps": 10}),
-        ("cpu", False, {"width": 0.2, "image": 256, "steps": 25}),
+        ("cuda", False, False, {"width": 1.0, "image": 512, "steps": 50}),
+        ("cpu", True, False, {"width": 0.1, "image": 256, "steps": 10}),
+        ("cpu", False, False, {"width": 0.2, "image": 256, "steps": 25}),
+        ("cpu", True, True, {"width": 1.0, "image": 256, "steps": 50}),
+        ("cuda", True, True, {"width": 1.0, "image": 512, "steps": 50}),
     ],
 )
-def test_sizes_follow_the_device(device, quick, want):
-    assert suite._sd_sizes(BenchOptions(device=device, quick=quick)) == want
+def test_sizes_follow_the_device(device, quick, full, want):
+    assert suite._sd_sizes(BenchOptions(device=device, quick=quick, full=full)) == want
+
+
+def test_full_on_a_cpu_builds_dit_xl_2_at_256px():
+    scenario = suite.dit_scenario(BenchOptions(device="meta", quick=True, full=True))
+    dit = scenario.pipe.transformer
+    assert len(dit.transformer_blocks) == 28 and dit.inner_dim == 1152
+    assert dit.config.sample_size == 32 and scenario.group == "DiT XL/2 256px 50 DDIM steps"
+    assert scenario.make_inputs()["num_inference_steps"] == 50
+    assert [label for label, _ in scenario.settings] == ["tome r=0.5", "residual (default)"]
 
 
 def tiny_scenario() -> suite.Scenario:
