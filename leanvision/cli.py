@@ -41,7 +41,10 @@ def _bench(args: argparse.Namespace) -> int:
         print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
         return 2
     options = BenchOptions(
-        device=args.device, dtype=getattr(torch, args.dtype), quick=args.quick, model=args.model,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        quick=args.quick,
+        model=args.model,
         full=args.full,
     )
     timings = run_suites(names, options, warmup=args.warmup, repeat=args.repeat)

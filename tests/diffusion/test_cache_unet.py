@@ -69,6 +69,55 @@ def test_deepcache_contract(sd):
     assert not hasattr(pipe.unet, "_diffusers_hook")
 
 
+def _layers_run_on_a_cached_step(tiny, branch: int) -> list[str]:
+    """Names of the UNet's resnets, attentions, samplers and mid block that compute on the
+    second step of a deepcache run (a cached step). A reused layer is still called, but its
+    forward returns the kept output, so its first child (``conv1`` / ``norm`` / ``conv``)
+    never runs."""
+    unet = tiny.model.unet
+    kinds = ("resnets", "attentions", "downsamplers", "upsamplers")
+    watched = [
+        (name, next(module.children()))
+        for name, module in unet.named_modules()
+        if name == "mid_block.resnets.0" or (name.count(".") == 3 and name.split(".")[2] in kinds)
+    ]
+    ran: list[str] = []
+    calls = [0]
+
+    def count(*_):
+        calls[0] += 1
+
+    def record(name):
+        return lambda *_: ran.append(name) if calls[0] == 2 else None
+
+    hooks = [unet.register_forward_pre_hook(count)]
+    hooks += [module.register_forward_pre_hook(record(name)) for name, module in watched]
+    try:
+        with lv.diffusion.accelerate(tiny.model, "deepcache", interval=3, branch=branch) as handle:
+            run(tiny)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert handle.stats["last_run"] == "FCCFCC"
+    return ran
+
+
+def test_deepcache_branches_are_the_reference_skip_branches(sd):
+    # DeepCache's branch 0 (the paper's and the reference code's default): a cached step runs
+    # conv_in, the last up layer (its resnet and attention) and conv_out; nothing else.
+    last = f"up_blocks.{len(sd.model.unet.up_blocks) - 1}"
+    assert _layers_run_on_a_cached_step(sd, 0) == [f"{last}.resnets.2", f"{last}.attentions.2"]
+    # Branch 1 also recomputes the first down layer and the up layer consuming its output.
+    assert _layers_run_on_a_cached_step(sd, 1) == [
+        "down_blocks.0.resnets.0",
+        "down_blocks.0.attentions.0",
+        f"{last}.resnets.1",
+        f"{last}.attentions.1",
+        f"{last}.resnets.2",
+        f"{last}.attentions.2",
+    ]
+
+
 def test_interval_one_and_max_threshold_reproduce_baseline(sd):
     with lv.diffusion.accelerate(sd.model, DeepCache(interval=1)) as handle:
         assert torch.equal(run(sd), sd.info["baseline"])

@@ -2,9 +2,11 @@
 
 On a full step the whole UNet runs and every *deep* layer's output is kept; on the steps in
 between, the deep layers return their kept output without running and only the shallow skip
-branch is recomputed: ``conv_in``, down layers ``0..branch``, and the up layers from the one
-that consumes skip sample ``branch + 1`` to the end. Layers are hooked one by one (diffusers
-``ModelHook``s), so no UNet forward is copied.
+branch is recomputed: ``conv_in``, the down layers before ``branch`` (none for branch 0), and
+the up layers from the one that consumes skip sample ``branch`` to the end. Branch 0, the
+paper's and the reference code's default, recomputes ``conv_in``, the last up layer (resnet +
+attention) and ``conv_out`` only. Layers are hooked one by one (diffusers ``ModelHook``s), so
+no UNet forward is copied.
 
 ControlNet rule: the ControlNet still runs every step. Its residuals are added by the UNet
 to the skip samples, so the shallow branch gets the current step's residuals; the deep
@@ -50,7 +52,8 @@ SCHEDULES = ("uniform", "nonuniform")
 @dataclasses.dataclass
 class DeepCache(MethodConfig):
     """``interval``: one full step every ``interval`` steps (1 = no caching).
-    ``branch``: the skip branch kept fresh, 0 = shallowest (cheapest, most reuse).
+    ``branch``: the skip branch kept fresh, 0 = shallowest (``conv_in`` to the last up
+    layer: cheapest, most reuse); branch ``b`` also recomputes the first ``b`` down layers.
     ``schedule``: ``"uniform"`` or ``"nonuniform"`` (full steps dense around ``center``, a
     fraction of the run, spread with exponent ``power``; DeepCache's 1:N strategy)."""
 
@@ -73,7 +76,9 @@ class DeepCache(MethodConfig):
 
 
 def deep_modules(unet: torch.nn.Module, branch: int) -> list[torch.nn.Module]:
-    """The UNet modules DeepCache reuses for skip branch ``branch``, in execution order.
+    """The UNet modules DeepCache reuses for skip branch ``branch``, in execution order:
+    down layers ``branch..``, the mid block, and the up layers before the one consuming skip
+    sample ``branch`` (sample 0 is ``conv_in``'s output).
 
     >>> from leanvision.testing.tiny_diffusion import tiny_sd_pipeline
     >>> unet = tiny_sd_pipeline().model.unet
@@ -81,12 +86,10 @@ def deep_modules(unet: torch.nn.Module, branch: int) -> list[torch.nn.Module]:
     True
     """
     down, mid, up = unet_layers(unet)
-    if branch >= len(down):
-        raise ValueError(
-            f"branch={branch} is out of range for this UNet; allowed: 0..{len(down) - 1}"
-        )
-    first_shallow_up = consumer_of(up, branch + 1)
-    layers = down[branch + 1 :] + [mid] + up[:first_shallow_up]
+    if branch > len(down):
+        raise ValueError(f"branch={branch} is out of range for this UNet; allowed: 0..{len(down)}")
+    first_shallow_up = consumer_of(up, branch)
+    layers = down[branch:] + [mid] + up[:first_shallow_up]
     return [module for layer in layers for module in layer.modules]
 
 

@@ -199,7 +199,7 @@ def _apply_unet(denoiser: torch.nn.Module, config: Residual, handle: Handle, pip
     runtime = get_runtime(handle, denoiser, pipe)
     decider = _Decider(config, runtime, handle, type(denoiser).__name__)
     plan = ReusePlan(handle, runtime, HOOK)
-    plan.add_targets(deep_modules(denoiser, config.probe_blocks - 1))
+    plan.add_targets(deep_modules(denoiser, config.probe_blocks))  # probe stays fresh
     probe = down[config.probe_blocks - 1].modules[-1]
     register_hook(handle, probe, _UNetProbeHook(decider, plan), HOOK + "_probe")
 
