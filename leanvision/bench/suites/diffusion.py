@@ -89,6 +89,17 @@ DIT_XL_2 = dict(
 )
 
 
+def sd15_unet_config(width: float = 1.0) -> dict[str, Any]:
+    """SD 1.5's UNet config with its channels (and text width) scaled by ``width``.
+
+    >>> sd15_unet_config(0.1)["block_out_channels"], sd15_unet_config(0.1)["cross_attention_dim"]
+    ((32, 64, 128, 128), 64)
+    """
+    channels = tuple(int(c * width) for c in SD15_UNET["block_out_channels"])
+    text = 768 if width == 1 else max(32, round(768 * width / 32) * 32)
+    return dict(SD15_UNET, block_out_channels=channels, cross_attention_dim=text)
+
+
 def _small_vae() -> df.AutoencoderKL:
     # SD's 4-level (8x) layout at 1/8 width: decoding costs well under 1% of the loop.
     return df.AutoencoderKL(
@@ -129,11 +140,7 @@ def sd15_scenario(options: BenchOptions) -> Scenario:
         ).to(device)
         prompt: dict[str, Any] = {"prompt": "a red fox in snow, photograph"}
     else:
-        scale = sizes["width"]
-        config = dict(
-            SD15_UNET, block_out_channels=tuple(int(c * scale) for c in (320, 640, 1280, 1280))
-        )
-        config["cross_attention_dim"] = 768 if scale == 1 else max(32, round(768 * scale / 32) * 32)
+        config = sd15_unet_config(sizes["width"])
         unet = _build(device, dtype, lambda: df.UNet2DConditionModel(**config))
         pipe = df.StableDiffusionPipeline(
             vae=_build(device, dtype, _small_vae),

@@ -1,0 +1,183 @@
+"""Per-step cost of DeepCache and ToMe on the SD 1.5 UNet at any resolution, composed into
+the cost of a 50-step DDIM run.
+
+A full 50-step run of the SD 1.5 UNet at 512x512 takes tens of minutes on a CPU per setting;
+the step-caching settings, though, only mix two kinds of UNet call (a full step and a cached
+step) in a known proportion (DeepCache interval 3: 17 full + 33 cached of 50). This script
+times one call of each kind per setting, side by side on the same inputs (CFG batch 2), counts
+their MACs (``torch.utils.flop_counter``, attention included), and prints
+
+    50-step time = full steps x full-call time + cached steps x cached-call time
+
+and its ratio to 50 baseline calls. It is an estimate by composition, not a timed 50-step run
+(``benchmarks/diffusion.py --full`` is that); the MACs ratio is exact for the schedule.
+
+Run: ``python benchmarks/diffusion_steps.py`` (512x512, the full-size UNet) or
+``--image 256 --width 0.25`` for a quick look; writes ``benchmarks/results/
+diffusion-steps-<device>-<image>px.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STEPS = 50
+SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "baseline": [],
+    "tome r=0.5": [("tome", {"ratio": 0.5})],
+    "deepcache interval=3": [("deepcache", {"interval": 3})],
+    "deepcache interval=5": [("deepcache", {"interval": 5})],
+    "deepcache interval=3 + tome r=0.5": [("deepcache", {"interval": 3}), ("tome", {"ratio": 0.5})],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
+    parser.add_argument("--image", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--width", type=float, default=1.0, help="UNet channel scale")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls per kind (median)")
+    parser.add_argument("--out", help="where to write the table")
+    return parser.parse_args(argv)
+
+
+def _full_steps(methods: list[tuple[str, dict[str, Any]]]) -> int:
+    from leanvision.diffusion.cache.schedules import uniform_full_steps
+
+    intervals = [options["interval"] for name, options in methods if name == "deepcache"]
+    return sum(uniform_full_steps(STEPS, intervals[0])) if intervals else STEPS
+
+
+def measure(unet: Any, inputs: dict[str, Any], methods: list, repeat: int, device: str) -> dict:
+    """Median seconds and MACs of a full and a cached call under ``methods``: the first two
+    calls of a run on the bare UNet (a falling timestep continues the run)."""
+    import torch
+
+    from leanvision.diffusion.api import accelerate
+    from leanvision.diffusion.macs import count_macs
+    from leanvision.diffusion.registry import load_methods
+
+    registry = load_methods()
+    configs = [registry.resolve(name, **options)[0] for name, options in methods]
+    kinds = ("full", "cached")
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    macs: dict[str, int] = {}
+    for sample in range(repeat + 1):  # sample 0 counts MACs and warms up
+        handle = accelerate(unet, configs) if configs else None
+        for kind, timestep in zip(kinds, (999, 979), strict=True):
+            step = dict(inputs, timestep=torch.tensor(timestep, device=device))
+            if sample == 0:
+                macs[kind] = count_macs(unet, **step)[1]
+                continue
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            unet(**step)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds[kind].append(time.perf_counter() - start)
+        if handle is not None:
+            handle.remove()
+    return {"seconds": {k: statistics.median(v) for k, v in seconds.items()}, "macs": macs}
+
+
+def compose(rows: dict[str, dict], full_steps: dict[str, int]) -> list[dict[str, Any]]:
+    """50-step time and MACs per setting, and their ratios to the baseline's."""
+    base = rows["baseline"]
+    base_time, base_macs = STEPS * base["seconds"]["full"], STEPS * base["macs"]["full"]
+    table = []
+    for name, row in rows.items():
+        full, cached = full_steps[name], STEPS - full_steps[name]
+        total = full * row["seconds"]["full"] + cached * row["seconds"]["cached"]
+        macs = full * row["macs"]["full"] + cached * row["macs"]["cached"]
+        table.append(
+            {
+                "setting": name,
+                "full_s": row["seconds"]["full"],
+                "cached_s": row["seconds"]["cached"] if cached else None,
+                "steps": f"{full}F+{cached}C",
+                "total_s": total,
+                "speedup": base_time / total,
+                "macs_ratio": macs / base_macs,
+            }
+        )
+    return table
+
+
+def format_rows(table: list[dict[str, Any]], title: str) -> str:
+    lines = [
+        title,
+        "",
+        "| setting | steps | full call s | cached call s | 50-step s | speedup | MACs ratio |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for row in table:
+        cached = "-" if row["cached_s"] is None else f"{row['cached_s']:.3f}"
+        lines.append(
+            f"| {row['setting']} | {row['steps']} | {row['full_s']:.3f} | {cached} | "
+            f"{row['total_s']:.1f} | {row['speedup']:.2f}x | {row['macs_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import diffusers as df
+    import torch
+
+    from leanvision.bench.script import DTYPES, device_label
+    from leanvision.bench.suites.diffusion import sd15_unet_config
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
+        return 2
+    dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    config = sd15_unet_config(args.width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = df.UNet2DConditionModel(**config).eval().to(args.device, dtype)
+        latent = args.image // 8
+        inputs = dict(
+            sample=torch.randn(2, 4, latent, latent).to(args.device, dtype),
+            encoder_hidden_states=torch.randn(2, 77, config["cross_attention_dim"]).to(
+                args.device, dtype
+            ),
+        )
+    rows, full_steps = {}, {}
+    with torch.no_grad():
+        for name, methods in SETTINGS.items():
+            rows[name] = measure(unet, inputs, methods, args.repeat, args.device)
+            full_steps[name] = _full_steps(methods)
+            if (
+                full_steps[name] < STEPS
+                and not rows[name]["macs"]["cached"] < rows[name]["macs"]["full"]
+            ):
+                raise RuntimeError(f"{name}: the second call was not a cached step")
+            print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
+    title = (
+        f"SD 1.5 UNet ({args.width:g}x width) at {args.image}x{args.image}, CFG batch 2, "
+        f"{STEPS} DDIM steps composed from per-call medians of {args.repeat}; "
+        f"device {device_label(args.device)}, {str(dtype).removeprefix('torch.')}"
+    )
+    text = format_rows(compose(rows, full_steps), title)
+    print(text)
+    results = Path(__file__).resolve().parent / "results"
+    out = (
+        Path(args.out)
+        if args.out
+        else results / (f"diffusion-steps-{device_label(args.device)}-{args.image}px.txt")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
