@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diffusion_steps.py"
 
 
 @pytest.fixture(scope="module")
-def script():
-    # benchmarks/ is not a package: load the script as a module by path.
-    spec = importlib.util.spec_from_file_location("diffusion_steps_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_benchmark):
+    return load_benchmark("diffusion_steps")
 
 
 def test_compose_mixes_full_and_cached_calls_by_the_schedule(script):

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels_attention.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    # benchmarks/ is not a package: load the script as a module by path.
-    spec = importlib.util.spec_from_file_location("kernels_attention_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("kernels_attention")
 
 
 @pytest.mark.parametrize(("q_len", "k_len"), [(1, 1), (5, 5), (3, 8), (8, 3), (1, 9), (77, 77)])
