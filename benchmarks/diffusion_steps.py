@@ -131,20 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers as df
     import torch
 
-    from leanvision.bench.script import DTYPES, device_label
-    from leanvision.bench.suites.diffusion import sd15_unet_config
+    from leanvision.bench.script import device_label, device_missing, resolve_dtype
+    from leanvision.bench.suites.diffusion import build_seeded, sd15_unet_config
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
+    if device_missing(args):
         return 2
-    dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    dtype = resolve_dtype(args, cpu="fp32", cuda="fp16")
     config = sd15_unet_config(args.width)
+    unet = build_seeded(args.device, dtype, lambda: df.UNet2DConditionModel(**config))
+    latent = args.image // 8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        unet = df.UNet2DConditionModel(**config).eval().to(args.device)
-        if dtype != torch.float32:  # casting only when needed keeps diffusers' fp32 notice quiet
-            unet = unet.to(dtype=dtype)
-        latent = args.image // 8
         inputs = dict(
             sample=torch.randn(2, 4, latent, latent).to(args.device, dtype),
             encoder_hidden_states=torch.randn(2, 77, config["cross_attention_dim"]).to(

@@ -122,7 +122,9 @@ def _sd_sizes(options: BenchOptions) -> dict[str, Any]:
     return dict(width=0.2, image=256, steps=25)
 
 
-def _build(device: str, dtype: torch.dtype, make: Callable[[], Any]) -> Any:
+def build_seeded(device: str, dtype: torch.dtype, make: Callable[[], Any]) -> Any:
+    """``make()`` with seed 0 (the global RNG untouched) on ``device``, in eval mode, cast to
+    ``dtype``: the same random weights in every run."""
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
         model = make().eval()  # train mode would drop DiT's class labels at random
@@ -141,9 +143,9 @@ def sd15_scenario(options: BenchOptions) -> Scenario:
         prompt: dict[str, Any] = {"prompt": "a red fox in snow, photograph"}
     else:
         config = sd15_unet_config(sizes["width"])
-        unet = _build(device, dtype, lambda: df.UNet2DConditionModel(**config))
+        unet = build_seeded(device, dtype, lambda: df.UNet2DConditionModel(**config))
         pipe = df.StableDiffusionPipeline(
-            vae=_build(device, dtype, _small_vae),
+            vae=build_seeded(device, dtype, _small_vae),
             text_encoder=None,
             tokenizer=None,
             unet=unet,
@@ -199,10 +201,10 @@ def dit_scenario(options: BenchOptions) -> Scenario:
         config = dict(DIT_XL_2, num_attention_heads=heads, attention_head_dim=32, num_layers=layers)
         config["sample_size"] = 32
         image, steps, label = 256, 10 if options.quick else 25, f"{layers}x{heads * 32}"
-    transformer = _build(device, dtype, lambda: df.DiTTransformer2DModel(**config))
+    transformer = build_seeded(device, dtype, lambda: df.DiTTransformer2DModel(**config))
     pipe = df.DiTPipeline(
         transformer=transformer,
-        vae=_build(device, dtype, _small_vae),
+        vae=build_seeded(device, dtype, _small_vae),
         scheduler=df.DDIMScheduler(**SD_SCHEDULE),
     )
     pipe.set_progress_bar_config(disable=True)
