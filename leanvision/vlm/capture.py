@@ -1,10 +1,9 @@
 """See the post-RoPE queries and keys of one ViT attention module, without eager attention.
 
-leanvision registers one attention function, ``"leanvision_capture"``, in transformers'
-``AttentionInterface``. A handle switches the vision config to it (restored on remove); the
-function hands every call on to the implementation that was configured before ("sdpa",
-"eager", "flash_attention_2"...), and, while :func:`listening` is active for a module, first
-gives that module's ``q``/``k`` to a listener. Scores are then computed with
+A handle points the vision config at the :class:`~leanvision.vlm.attention_tap.AttentionTap`
+``"leanvision_capture"`` (restored on remove), which hands every call on to the implementation
+configured before and, while :func:`listening` is active for a module, first gives that
+module's ``q``/``k`` to a listener. Scores are then computed with
 ``leanvision.vlm.scoring.attention_scores`` (``kernels.attention_scores``), which never materialises the attention matrix.
 """
 
@@ -12,59 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from leanvision.kernels import attention_scores
+from leanvision.vlm.attention_tap import AttentionTap, Listener
 
-CAPTURE_IMPLEMENTATION = "leanvision_capture"
-
-# id(config) -> the implementation that config used before the capture was installed
-_ORIGINAL: dict[int, str] = {}
-# id(attention module) -> listener(module, query, key, attention_mask, kwargs)
-_LISTENERS: dict[int, Callable[..., None]] = {}
-_REGISTERED = False
-
-Listener = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, dict[str, Any]], None]
-
-
-def delegate_attention(module: nn.Module, implementation: str) -> Callable[..., Any]:
-    """The attention function ``implementation`` names, for ``module``'s model."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    if implementation == "eager":
-        # transformers keeps each model's eager attention beside the attention class
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[implementation]
-
-
-def _capture_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: Any,
-    **kwargs: Any,
-) -> Any:
-    listener = _LISTENERS.get(id(module))
-    if listener is not None:
-        listener(module, query, key, attention_mask, kwargs)
-    implementation = _ORIGINAL.get(id(module.config), "sdpa")
-    return delegate_attention(module, implementation)(
-        module, query, key, value, attention_mask, **kwargs
-    )
-
-
-def _register() -> None:
-    global _REGISTERED
-    if not _REGISTERED:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
-        _REGISTERED = True
+VISION_TAP = AttentionTap("leanvision_capture")
 
 
 def install_capture(handle: Any, attention: nn.Module) -> None:
@@ -76,7 +32,7 @@ def install_capture(handle: Any, attention: nn.Module) -> None:
 
     config = attention.config
     original = config._attn_implementation or "eager"
-    if original == CAPTURE_IMPLEMENTATION:
+    if original == VISION_TAP.name:
         return  # another capture on the same config (several modules share one config)
     if original == "eager":
         if not hasattr(sys.modules[type(attention).__module__], "eager_attention_forward"):
@@ -89,20 +45,17 @@ def install_capture(handle: Any, attention: nn.Module) -> None:
             f"vision attn_implementation={original!r} is not registered in transformers' "
             f"AttentionInterface; use one of {['eager', *ALL_ATTENTION_FUNCTIONS.valid_keys()]}"
         )
-    _register()
-    _ORIGINAL[id(config)] = original
-    handle.on_remove(lambda: _ORIGINAL.pop(id(config), None))
-    handle.set_attr(config, "_attn_implementation_internal", CAPTURE_IMPLEMENTATION)
+    VISION_TAP.install(handle, config, original)
 
 
 @contextlib.contextmanager
 def listening(module: nn.Module, listener: Listener) -> Iterator[None]:
     """Call ``listener`` with the q/k of every attention call of ``module`` inside the block."""
-    _LISTENERS[id(module)] = listener
+    stop = VISION_TAP.listen(module, listener)
     try:
         yield
     finally:
-        _LISTENERS.pop(id(module), None)
+        stop()
 
 
 def key_padding_from_mask(attention_mask: Any, batch: int, length: int) -> torch.Tensor | None:

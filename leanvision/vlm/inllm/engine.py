@@ -266,7 +266,9 @@ class InLLMPruner:
 
     # -- scoring -------------------------------------------------------------------------------
     def _listener(self, stage: int):
-        def listener(module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any) -> None:
+        def listener(
+            module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any, _kwargs: dict
+        ) -> None:
             state = self.state
             if self.phase != "prefill" or state is None or len(state.sets) != stage + 1:
                 return
