@@ -63,13 +63,18 @@ def check_depth(name: str, layers: tuple[int, ...], adapter: Any, model: nn.Modu
         )
 
 
+def check_renumber(renumber: bool | None) -> None:
+    """``TypeError`` unless ``renumber`` is a bool or None (None: the method's default)."""
+    if renumber is not None and not isinstance(renumber, bool):
+        raise TypeError(f"renumber must be a bool or None, got {renumber!r}")
+
+
 def resolve_renumber(renumber: bool | None, default: bool, adapter: Any) -> bool:
     """``None`` -> ``default`` on 1-D RoPE models and ``False`` on M-RoPE (Qwen2-VL), whose
     3-D positions have no consecutive renumbering; ``True`` on M-RoPE raises."""
+    check_renumber(renumber)
     if renumber is None:
         return default and not adapter.mrope
-    if not isinstance(renumber, bool):
-        raise TypeError(f"renumber must be a bool or None, got {renumber!r}")
     if renumber and adapter.mrope:
         raise ValueError(
             f"renumber=True is not supported for {adapter.name} (M-RoPE 3-D positions); "
@@ -168,8 +173,7 @@ class PDrop(MethodConfig):
     def validate(self) -> None:
         self.layers = check_layers("layers", self.layers)
         self.ratios = check_ratios("ratios", self.ratios, len(self.layers))
-        if self.renumber is not None and not isinstance(self.renumber, bool):
-            raise TypeError(f"renumber must be a bool or None, got {self.renumber!r}")
+        check_renumber(self.renumber)
 
     def check_model(self, model: nn.Module, adapter: Any) -> None:
         check_depth("layers", self.layers, adapter, model)

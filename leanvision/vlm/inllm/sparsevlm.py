@@ -37,6 +37,7 @@ from leanvision.vlm.inllm.methods import (
     check_depth,
     check_layers,
     check_ratios,
+    check_renumber,
     install,
     resolve_renumber,
 )
@@ -109,8 +110,7 @@ class SparseVLM(MethodConfig):
         check_range("bias", self.bias)
         check_range("recycle", self.recycle, low=0.0, high=1.0)
         check_range("cluster_ratio", self.cluster_ratio, low=0.0, high=1.0, low_inclusive=False)
-        if self.renumber is not None and not isinstance(self.renumber, bool):
-            raise TypeError(f"renumber must be a bool or None, got {self.renumber!r}")
+        check_renumber(self.renumber)
 
     def check_model(self, model: nn.Module, adapter: Any) -> None:
         check_depth("layers", self.layers, adapter, model)
