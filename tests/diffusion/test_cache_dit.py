@@ -8,20 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from cache_helpers import STEPS, run
 
 import leanvision as lv
 from leanvision.core.errors import UnsupportedModelError
 from leanvision.core.handle import Handle
 from leanvision.diffusion import FirstBlockCache, PyramidAttentionBroadcast, Residual, TaylorSeer
 from leanvision.testing.tiny_diffusion import tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
-
-STEPS = 6
-
-
-def run(tiny, **overrides) -> torch.Tensor:
-    inputs = {**tiny.info["make_inputs"](), "num_inference_steps": STEPS, "output_type": "latent"}
-    inputs.update(overrides)
-    return torch.as_tensor(np.asarray(tiny.model(**inputs).images))
 
 
 @pytest.fixture(scope="module")

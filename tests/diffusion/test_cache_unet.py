@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cache_helpers import STEPS, run
 
 import leanvision as lv
 from leanvision.core.errors import AlreadyPatchedError, UnsupportedModelError
@@ -15,14 +16,6 @@ from leanvision.core.handle import Handle
 from leanvision.diffusion import DeepCache, Inherit, Residual
 from leanvision.diffusion.cache.schedules import nonuniform_full_steps, uniform_full_steps
 from leanvision.testing.tiny_diffusion import tiny_sd_pipeline, tiny_sdxl_pipeline
-
-STEPS = 6
-
-
-def run(tiny, **overrides) -> torch.Tensor:
-    inputs = {**tiny.info["make_inputs"](), "num_inference_steps": STEPS, "output_type": "latent"}
-    inputs.update(overrides)
-    return torch.as_tensor(np.asarray(tiny.model(**inputs).images))
 
 
 @pytest.fixture(scope="module")

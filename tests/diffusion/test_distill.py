@@ -189,14 +189,17 @@ def test_resume_continues_with_identical_losses(teacher, images, tmp_path):
 
 
 def test_lora_student_loads_into_the_teacher_with_few_step(teacher, images, tmp_path):
-    baseline = teacher(
-        "a red fox",
-        num_inference_steps=2,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
+    def sample(**options):
+        return teacher(
+            "a red fox",
+            height=32,
+            width=32,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+            **options,
+        ).images
+
+    baseline = sample(num_inference_steps=2)
     student = distill(
         teacher,
         prompts="a red fox",
@@ -212,15 +215,6 @@ def test_lora_student_loads_into_the_teacher_with_few_step(teacher, images, tmp_
     lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.exists()
 
-    def sample():
-        return teacher(
-            "a red fox",
-            height=32,
-            width=32,
-            output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        ).images
-
     with few_step(teacher, "lcm", steps=2):
         plain = sample()
     with few_step(teacher, "lcm", steps=2, lora=lora) as handle:
@@ -228,15 +222,7 @@ def test_lora_student_loads_into_the_teacher_with_few_step(teacher, images, tmp_
     assert handle.stats["call_defaults"]["guidance_scale"] == 1.0
     assert not np.array_equal(plain, with_lora)
     assert Handle.active(teacher.unet) == {} and teacher.get_list_adapters() == {}
-    again = teacher(
-        "a red fox",
-        num_inference_steps=2,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
-    np.testing.assert_array_equal(again, baseline)
+    np.testing.assert_array_equal(sample(num_inference_steps=2), baseline)
 
 
 def test_prompts_only_synthesises_x0_with_the_teacher(teacher, tmp_path):
