@@ -11,9 +11,7 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from leanvision.core.lazy import lazy_exports
 from leanvision.diffusion.api import accelerate
 from leanvision.diffusion.cache import (
     DeepCache,
@@ -59,9 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'leanvision.diffusion' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -12,8 +12,7 @@ torch.Size([1, 19, 8, 8])
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from leanvision.core.lazy import lazy_exports
 
 _EXPORTS = {
     "LiteMLA": "leanvision.vision.lite_mla",
@@ -36,12 +35,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'leanvision.vision' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

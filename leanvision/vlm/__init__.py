@@ -11,8 +11,7 @@ LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL and Idefics3/SmolVL
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from leanvision.core.lazy import lazy_exports
 
 _EXPORTS = {
     "compress": "leanvision.vlm.api",
@@ -31,25 +30,16 @@ _EXPORTS = {
     "Temporal": "leanvision.vlm.video",
     "ProgressivePool": "leanvision.vlm.video",
     "prefill_flops": "leanvision.vlm.flops",
+    # in-LLM configs
+    "FastV": "leanvision.vlm.inllm",
+    "PDrop": "leanvision.vlm.inllm",
+    "SparseVLM": "leanvision.vlm.inllm",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        # in-LLM configs (FastV, PDrop, SparseVLM) live in leanvision.vlm.inllm
-        try:
-            inllm = importlib.import_module("leanvision.vlm.inllm")
-        except ImportError:
-            inllm = None
-        if inllm is not None and hasattr(inllm, name):
-            return getattr(inllm, name)
-        raise AttributeError(f"module 'leanvision.vlm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:
