@@ -33,6 +33,7 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "deepcache interval=3": [("deepcache", {"interval": 3})],
     "deepcache interval=5": [("deepcache", {"interval": 5})],
     "deepcache interval=3 + tome r=0.5": [("deepcache", {"interval": 3}), ("tome", {"ratio": 0.5})],
+    "deepcache interval=5 + tome r=0.5": [("deepcache", {"interval": 5}), ("tome", {"ratio": 0.5})],
 }
 
 

@@ -45,3 +45,4 @@ def test_runs_end_to_end_on_a_tiny_unet(script, tmp_path):
     assert ratio["baseline"] == 1.0
     assert ratio["deepcache interval=5"] < ratio["deepcache interval=3"] < ratio["tome r=0.5"] < 1
     assert ratio["deepcache interval=3 + tome r=0.5"] < ratio["deepcache interval=3"]
+    assert ratio["deepcache interval=5 + tome r=0.5"] < ratio["deepcache interval=5"]

@@ -42,6 +42,7 @@ QUICK_SETTINGS = (
     "deepcache interval=3",
     "deepcache interval=5",
     "deepcache interval=3 + tome r=0.5",
+    "deepcache interval=5 + tome r=0.5",
     "residual (default)",
 )
 
@@ -180,6 +181,7 @@ def sd15_scenario(options: BenchOptions) -> Scenario:
         ("deepcache interval=3", [("deepcache", {"interval": 3})]),
         ("deepcache interval=5", [("deepcache", {"interval": 5})]),
         ("deepcache interval=3 + tome r=0.5", [("deepcache", {"interval": 3}), tome]),
+        ("deepcache interval=5 + tome r=0.5", [("deepcache", {"interval": 5}), tome]),
         ("residual (default)", [("residual", {})]),
         ("residual + tome r=0.5", [("residual", {}), tome]),
     ]
