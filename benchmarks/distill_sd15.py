@@ -1,8 +1,9 @@
 """Latent consistency distillation of a local Stable Diffusion 1.5 on a GPU, then 4-step LCM
 sampling vs the teacher's 50-step DDIM on the same prompts and seeds.
 
-Needs CUDA, diffusers, peft (``pip install 'leanvision[train]'``) and SD 1.5 weights in a local
-folder (``StableDiffusionPipeline.from_pretrained`` layout); nothing is downloaded.
+Needs diffusers, peft (``pip install 'leanvision[train]'``) and SD 1.5 weights in a local
+folder (``StableDiffusionPipeline.from_pretrained`` layout); nothing is downloaded. Meant for a
+GPU; ``--device cpu`` runs the same steps (the tests run it on a tiny saved pipeline).
 
     python benchmarks/distill_sd15.py --model /models/stable-diffusion-v1-5 \
         --images /data/laion-subset --student lora --steps 500 --out runs/lcd-sd15
@@ -35,6 +36,7 @@ DEFAULT_PROMPTS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="local SD 1.5 pipeline folder")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--images", default=None, help="folder of training images (optional)")
     parser.add_argument(
         "--prompts",
@@ -48,7 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16")
-    parser.add_argument("--teacher-dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    parser.add_argument(
+        "--teacher-dtype",
+        "--dtype",
+        dest="dtype",
+        choices=("fp16", "bf16", "fp32"),
+        help="default: fp16 on CUDA, else fp32",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--sample-steps", type=int, default=4)
@@ -60,21 +68,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _timed_sample(pipe, prompts, seed, **kwargs) -> float:
     import torch
 
-    torch.cuda.synchronize()
+    cuda = pipe.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for index, prompt in enumerate(prompts):
-        generator = torch.Generator("cuda").manual_seed(seed + index)
-        pipe(prompt, generator=generator, **kwargs)
-    torch.cuda.synchronize()
+        pipe(prompt, generator=_generator(seed + index), **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(prompts)
+
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        print("distill_sd15.py needs a CUDA GPU; none is available here.", file=sys.stderr)
+    from leanvision.bench.script import device_label, device_missing, resolve_dtype
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_missing(args):
         return 2
     if not os.path.isdir(args.model):
         print(f"--model {args.model!r} is not a local folder with SD 1.5 weights.", file=sys.stderr)
@@ -83,13 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from leanvision.diffusion.few_step import distill, few_step
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     teacher = diffusers.StableDiffusionPipeline.from_pretrained(
         args.model,
-        torch_dtype=dtype[args.teacher_dtype],
+        torch_dtype=resolve_dtype(args, cpu="fp32", cuda="fp16"),
         safety_checker=None,
         local_files_only=True,
-    ).to("cuda")
+    ).to(args.device)
     teacher.set_progress_bar_config(disable=True)
     prompts = DEFAULT_PROMPTS
     if args.prompts:
@@ -125,16 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     with few_step(student, "lcm", steps=args.sample_steps):
         student_s = _timed_sample(student, shown, args.seed, **size)
         images = [
-            student(p, generator=torch.Generator("cuda").manual_seed(args.seed + i), **size).images[
-                0
-            ]
+            student(p, generator=_generator(args.seed + i), **size).images[0]
             for i, p in enumerate(shown)
         ]
     for index, image in enumerate(images):
         image.save(os.path.join(args.out, f"student_{index}.png"))
 
     summary = {
-        "device": torch.cuda.get_device_name(0),
+        "device": device_label(args.device),
         "student": args.student,
         "steps": args.steps,
         "batch_size": args.batch_size,
