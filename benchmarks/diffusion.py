@@ -6,7 +6,7 @@ The cases are the ``diffusion`` suite of ``leanvision bench``
 PSNR/SSIM of the decoded images and (CUDA) peak memory. GPU: the full-size models at
 512x512, 50 DDIM steps; CPU: reduced width at 256x256 (``--quick``: smaller, 10 steps), or with
 ``--full`` the full-size models and 50 steps at 256x256 (``--full --quick``: the issue's target
-settings only, about 40 minutes on 2 cores).
+settings only, 45 to 75 minutes on 2 cores).
 Prints the table and writes it to ``benchmarks/results/diffusion-<device>.txt`` plus the
 rows, with the environment, to ``diffusion-<device>.json`` (or to ``--out``).
 
