@@ -22,18 +22,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from leanvision.bench.suites.diffusion import QUICK_SETTINGS, SD_SETTINGS
+
 STEPS = 50
+# The suite's target settings whose full/cached steps follow a fixed schedule (residual's
+# skips depend on the run, so they cannot be composed from two calls).
 SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "baseline": [],
-    "tome r=0.5": [("tome", {"ratio": 0.5})],
-    "deepcache interval=3": [("deepcache", {"interval": 3})],
-    "deepcache interval=5": [("deepcache", {"interval": 5})],
-    "deepcache interval=3 + tome r=0.5": [("deepcache", {"interval": 3}), ("tome", {"ratio": 0.5})],
-    "deepcache interval=5 + tome r=0.5": [("deepcache", {"interval": 5}), ("tome", {"ratio": 0.5})],
+    **{
+        label: methods
+        for label, methods in SD_SETTINGS
+        if label in QUICK_SETTINGS and all(name != "residual" for name, _ in methods)
+    },
 }
 
 
@@ -60,6 +63,7 @@ def measure(unet: Any, inputs: dict[str, Any], methods: list, repeat: int, devic
     calls of a run on the bare UNet (a falling timestep continues the run)."""
     import torch
 
+    from leanvision.bench.runner import call_seconds
     from leanvision.diffusion.api import accelerate
     from leanvision.diffusion.macs import count_macs
     from leanvision.diffusion.registry import load_methods
@@ -76,13 +80,7 @@ def measure(unet: Any, inputs: dict[str, Any], methods: list, repeat: int, devic
             if sample == 0:
                 macs[kind] = count_macs(unet, **step)[1]
                 continue
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            unet(**step)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds[kind].append(time.perf_counter() - start)
+            seconds[kind].append(call_seconds(lambda step=step: unet(**step), device))
         if handle is not None:
             handle.remove()
     return {"seconds": {k: statistics.median(v) for k, v in seconds.items()}, "macs": macs}
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers as df
     import torch
 
-    from leanvision.bench.script import device_label, device_missing, resolve_dtype
+    from leanvision.bench.script import RESULTS_DIR, device_label, device_missing, resolve_dtype
     from leanvision.bench.suites.diffusion import build_seeded, sd15_unet_config
 
     if device_missing(args):
@@ -167,12 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = format_rows(compose(rows, full_steps), title)
     print(text)
-    results = Path(__file__).resolve().parent / "results"
-    out = (
-        Path(args.out)
-        if args.out
-        else results / (f"diffusion-steps-{device_label(args.device)}-{args.image}px.txt")
-    )
+    name = f"diffusion-steps-{device_label(args.device)}-{args.image}px.txt"
+    out = Path(args.out) if args.out else RESULTS_DIR / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     print(f"\nresults: {out}")

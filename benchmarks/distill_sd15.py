@@ -66,17 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _timed_sample(pipe, prompts, seed, **kwargs) -> float:
-    import torch
+    """Seconds per prompt of sampling ``prompts`` one by one."""
+    from leanvision.bench.runner import call_seconds
 
-    cuda = pipe.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for index, prompt in enumerate(prompts):
-        pipe(prompt, generator=_generator(seed + index), **kwargs)
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / len(prompts)
+    def sample_all() -> None:
+        for index, prompt in enumerate(prompts):
+            pipe(prompt, generator=_generator(seed + index), **kwargs)
+
+    return call_seconds(sample_all, pipe.device.type) / len(prompts)
 
 
 def _generator(seed: int):

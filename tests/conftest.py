@@ -37,6 +37,16 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: tiny models on a shared 2-core runner spend
+    more time in thread hand-offs (OpenMP spin-waits) than in compute with two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def load_benchmark():
     """Load ``benchmarks/<name>.py`` (the folder is not a package) as a module, by path."""

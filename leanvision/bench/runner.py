@@ -44,6 +44,19 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def call_seconds(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Wall-clock seconds of one ``fn()``, with queued CUDA work finished before and after.
+
+    >>> call_seconds(lambda: sum(range(1000))) > 0
+    True
+    """
+    _synchronize(device)
+    start = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
 def time_call(
     fn: Callable[[], Any],
     *,
@@ -59,11 +72,7 @@ def time_call(
     """
     for _ in range(warmup):
         fn()
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    first = time.perf_counter() - start
+    first = call_seconds(fn, device)
     inner = max(1, math.ceil(min_sample_s / max(first, 1e-9)))
     samples = []
     for _ in range(repeat):

@@ -21,6 +21,7 @@ from leanvision.bench.runner import Timing
 from leanvision.core.env import environment_info
 from leanvision.kernels.configs import device_slug
 
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -77,8 +78,7 @@ def save_results(
     """
     table = format_table(timings)
     print(table)
-    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-    out = Path(args.out) if args.out else results / results_name(suite, args)
+    out = Path(args.out) if args.out else RESULTS_DIR / results_name(suite, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     written = write_json(

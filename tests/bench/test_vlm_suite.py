@@ -2,7 +2,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from leanvision.bench import BenchOptions, get_suite, run_cases, write_json
 from leanvision.bench.suites import DEFAULT_SUITES, SUITES
@@ -34,13 +33,8 @@ TINY = VLMBenchConfig(
 
 
 @pytest.fixture(scope="module")
-def quick_cases():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; one thread per process avoids oversubscription
-    try:
-        yield list(vlm_cases(BenchOptions(quick=True), TINY))
-    finally:
-        torch.set_num_threads(threads)
+def quick_cases(one_thread):
+    return list(vlm_cases(BenchOptions(quick=True), TINY))
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,8 @@ SMALL = dict(batch_size=2, resolution=32, progress=False, eval_every=0)
 PROMPTS = ["a red fox", "snow", "a cat", "a dog"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Training many tiny steps is dominated by thread hand-offs: on a shared 2-core runner
-    one intra-op thread is several times faster than two, and results stay deterministic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Training many tiny steps: one thread is several times faster, and results stay deterministic.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from leanvision import AlreadyPatchedError, Handle, MissingDependencyError, Unsu
 from leanvision.diffusion.few_step import few_step
 from leanvision.testing import tiny_pixart, tiny_sd_pipeline, tiny_sdxl_pipeline
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Many tiny UNet calls: one intra-op thread beats two on a shared 2-core runner."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny UNet calls
 
 
 @pytest.fixture(scope="module")

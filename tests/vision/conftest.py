@@ -1,7 +1,6 @@
 """Fixtures of the vision tests."""
 
 import pytest
-import torch
 from vision_helpers import TINY_SPEC, randomise_batchnorm
 
 
@@ -15,10 +14,5 @@ def tiny_seg():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The vision tests run millisecond-sized models; one thread avoids OpenMP spin-waits when
-    # the (2-core) machine is shared, which otherwise make them 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """The vision tests run millisecond-sized models: one thread (see ``one_thread``)."""

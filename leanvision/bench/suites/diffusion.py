@@ -46,6 +46,19 @@ QUICK_SETTINGS = (
     "residual (default)",
 )
 
+_TOME = ("tome", {"ratio": 0.5})
+SD_SETTINGS: tuple[Setting, ...] = (  # the SD 1.5 group's rows, after its baseline
+    ("tome r=0.3", [("tome", {"ratio": 0.3})]),
+    ("tome r=0.5", [_TOME]),
+    ("tome r=0.5 max_downsample=2", [("tome", {"ratio": 0.5, "max_downsample": 2})]),
+    ("deepcache interval=3", [("deepcache", {"interval": 3})]),
+    ("deepcache interval=5", [("deepcache", {"interval": 5})]),
+    ("deepcache interval=3 + tome r=0.5", [("deepcache", {"interval": 3}), _TOME]),
+    ("deepcache interval=5 + tome r=0.5", [("deepcache", {"interval": 5}), _TOME]),
+    ("residual (default)", [("residual", {})]),
+    ("residual + tome r=0.5", [("residual", {}), _TOME]),
+)
+
 
 @dataclasses.dataclass
 class Scenario:
@@ -173,20 +186,8 @@ def sd15_scenario(options: BenchOptions) -> Scenario:
             output_type="pt",
         )
 
-    tome = ("tome", {"ratio": 0.5})
-    settings: list[Setting] = [
-        ("tome r=0.3", [("tome", {"ratio": 0.3})]),
-        ("tome r=0.5", [tome]),
-        ("tome r=0.5 max_downsample=2", [("tome", {"ratio": 0.5, "max_downsample": 2})]),
-        ("deepcache interval=3", [("deepcache", {"interval": 3})]),
-        ("deepcache interval=5", [("deepcache", {"interval": 5})]),
-        ("deepcache interval=3 + tome r=0.5", [("deepcache", {"interval": 3}), tome]),
-        ("deepcache interval=5 + tome r=0.5", [("deepcache", {"interval": 5}), tome]),
-        ("residual (default)", [("residual", {})]),
-        ("residual + tome r=0.5", [("residual", {}), tome]),
-    ]
-    if options.quick:  # the target settings only
-        settings = [s for s in settings if s[0] in QUICK_SETTINGS]
+    # with quick: the target settings only
+    settings = [s for s in SD_SETTINGS if not options.quick or s[0] in QUICK_SETTINGS]
     label = "real weights" if options.model else f"{sizes['width']:g}x width"
     group = f"SD1.5 UNet {label} {sizes['image']}px {sizes['steps']} DDIM steps"
     return Scenario(group, pipe, make_inputs, settings, few_step=True)
@@ -220,11 +221,10 @@ def dit_scenario(options: BenchOptions) -> Scenario:
             output_type="pt",
         )
 
-    tome = ("tome", {"ratio": 0.5})
     settings: list[Setting] = [
-        ("tome r=0.5", [tome]),
+        ("tome r=0.5", [_TOME]),
         ("residual (default)", [("residual", {})]),
-        ("residual + tome r=0.5", [("residual", {}), tome]),
+        ("residual + tome r=0.5", [("residual", {}), _TOME]),
     ]
     if options.quick:
         settings = [s for s in settings if s[0] in QUICK_SETTINGS]

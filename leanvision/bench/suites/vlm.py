@@ -36,12 +36,13 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 from leanvision.bench.registry import BenchOptions, Case, register_benchmark
+from leanvision.bench.runner import call_seconds
 from leanvision.bench.suites._vlm_models import Patches, build_model, make_inputs
 
 REFERENCE_TOKENS = 576  # LLaVA-1.5's visual tokens per image: budgets are written against it
@@ -181,18 +182,6 @@ class _Workload:
         with torch.no_grad():
             return self.model(**self.inputs, logits_to_keep=1)
 
-    def seconds(self, fn: Callable[[], Any]) -> float:
-        _synchronize(self.device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(self.device)
-        return time.perf_counter() - start
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 class _StepClock:
     """A ``generate`` streamer that only records when each step's tokens arrive."""
@@ -257,7 +246,7 @@ def _paired_excess(work: _Workload, method: tuple, reference: tuple, repeats: in
         times = []
         for name, options in (method, reference):
             work.patches.use(name, options)
-            times.append(work.seconds(work.prefill))
+            times.append(call_seconds(work.prefill, work.device))
         if attempt:  # the first pair warms both up after the patch switches
             differences.append(times[0] - times[1])
     return statistics.median(differences)
@@ -295,7 +284,9 @@ def _workload_cases(
     work.patches.use(None, {})
     base = _baseline_facts(work) | {"FLOPs ratio": 1.0} | _memory(work)
     base_decode = _decode_rate(work, config.new_tokens, config.repeats)
-    base_seconds = statistics.median(work.seconds(work.prefill) for _ in range(config.repeats))
+    base_seconds = statistics.median(
+        call_seconds(work.prefill, work.device) for _ in range(config.repeats)
+    )
     base |= {"decode tok/s": base_decode, "decode vs base": 1.0}
     yield _case(work, BASELINE, (None, {}), base, baseline=True)
     plan = [(m, None) for m in methods if m in UNBUDGETED]
