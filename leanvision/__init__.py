@@ -17,6 +17,7 @@ from leanvision.core.errors import (
     AlreadyPatchedError,
     MissingDependencyError,
     UnsupportedModelError,
+    UpstreamVersionError,
 )
 from leanvision.core.handle import Handle
 
@@ -40,6 +41,7 @@ __all__ = [
     "Handle",
     "MissingDependencyError",
     "UnsupportedModelError",
+    "UpstreamVersionError",
     "__version__",
     *FAMILIES,
 ]

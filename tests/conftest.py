@@ -22,6 +22,13 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_report_header(config):
+    """Which end of the supported window this run tests (see ``make test-oldest``)."""
+    from leanvision.compat.versions import UPSTREAM, installed_version
+
+    return "upstream: " + ", ".join(f"{name} {installed_version(name)}" for name in UPSTREAM)
+
+
 def pytest_collection_modifyitems(config, items):
     if CUDA:
         return

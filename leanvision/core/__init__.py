@@ -5,6 +5,7 @@ from leanvision.core.errors import (
     AlreadyPatchedError,
     MissingDependencyError,
     UnsupportedModelError,
+    UpstreamVersionError,
 )
 from leanvision.core.handle import Handle
 from leanvision.core.registry import Registry
@@ -16,6 +17,7 @@ __all__ = [
     "MissingDependencyError",
     "Registry",
     "UnsupportedModelError",
+    "UpstreamVersionError",
     "check_choice",
     "check_range",
 ]

@@ -32,3 +32,15 @@ class MissingDependencyError(ImportError):
             f"{feature} needs the optional package {package!r}; "
             f"install it with: pip install 'leanvision[{extra}]'"
         )
+
+
+class UpstreamVersionError(RuntimeError):
+    """transformers, diffusers or timm no longer offers something leanvision reads from it.
+
+    The message names leanvision's version, what was not found, the installed version of the
+    upstream library (``library``) and the window leanvision supports.
+    """
+
+    def __init__(self, message: str, library: str):
+        self.library = library
+        super().__init__(message)

@@ -8,16 +8,17 @@ those when leanvision created them, so ``handle.remove()`` restores the module e
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 
+from leanvision.compat import diffusers as df_compat
+from leanvision.compat.diffusers import HookRegistry, ModelHook, forget_child_registries
 from leanvision.core.handle import Handle
 
-__all__ = ["forget_child_registries", "register_hook", "untrack_new_registries"]
+__all__ = ["register_hook", "untrack_new_registries"]
 
 
 def register_hook(handle: Handle, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
     """``HookRegistry.register_hook(hook, name)`` on ``module``, undone by ``handle.remove()``."""
-    had_registry = hasattr(module, "_diffusers_hook")
+    had_registry = df_compat.registry(module) is not None
     had_forward = "forward" in module.__dict__
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.register_hook(hook, name)
@@ -25,8 +26,8 @@ def register_hook(handle: Handle, module: torch.nn.Module, hook: ModelHook, name
     def undo() -> None:
         registry.remove_hook(name, recurse=False)
         if not registry.hooks:
-            if not had_registry and module.__dict__.get("_diffusers_hook") is registry:
-                del module._diffusers_hook
+            if not had_registry and df_compat.own_registry(module) is registry:
+                df_compat.drop_registry(module)
             if not had_forward and "forward" in module.__dict__:
                 del module.forward  # back to the class's forward
         forget_child_registries(module)
@@ -35,34 +36,23 @@ def register_hook(handle: Handle, module: torch.nn.Module, hook: ModelHook, name
     forget_child_registries(module)
 
 
-def forget_child_registries(module: torch.nn.Module) -> None:
-    """Drop diffusers' cached lists of child registries above ``module``'s subtree.
-
-    ``cache_context`` reaches hooks through a cached list of child registries; adding or
-    removing hooks below a registry makes that list stale.
-    """
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None:
-        registry._child_registries_cache = None
-
-
 def untrack_new_registries(handle: Handle, root: torch.nn.Module) -> None:
     """Record an undo step deleting the registries (and instance ``forward``s) that appear
     under ``root`` after this call and are empty at removal: for hooks applied by diffusers'
     own ``apply_*`` functions, which create registries we did not register ourselves."""
     before = {
-        id(module): ("_diffusers_hook" in module.__dict__, "forward" in module.__dict__)
+        id(module): (df_compat.own_registry(module) is not None, "forward" in module.__dict__)
         for module in root.modules()
     }
 
     def undo() -> None:
         for module in root.modules():
-            registry = module.__dict__.get("_diffusers_hook")
+            registry = df_compat.own_registry(module)
             had_registry, had_forward = before.get(id(module), (False, False))
             if registry is None or registry.hooks:
                 continue
             if not had_registry:
-                del module._diffusers_hook
+                df_compat.drop_registry(module)
             if not had_forward and "forward" in module.__dict__:
                 del module.forward
         for module in root.modules():

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from leanvision.compat.diffusers import forget_child_registries
 from leanvision.core.config import MethodConfig
 from leanvision.core.handle import Handle
-from leanvision.diffusion._hooks import forget_child_registries
 from leanvision.diffusion.denoisers import find_denoiser
 from leanvision.diffusion.registry import load_methods
 

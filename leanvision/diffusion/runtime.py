@@ -44,9 +44,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 
+from leanvision.compat import diffusers as df_compat
+from leanvision.compat.diffusers import BaseState, ModelHook, StateManager
 from leanvision.core.handle import Handle
 from leanvision.diffusion._hooks import register_hook
 
@@ -83,7 +83,7 @@ class _RuntimeHook(ModelHook):
     # recompile limit; run eagerly instead (one graph break per denoiser call).
     @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        self.runtime._begin_call(args, kwargs, self.state_manager._context)
+        self.runtime._begin_call(args, kwargs, df_compat.context_name(self.state_manager))
         return args, kwargs
 
     @torch.compiler.disable
@@ -92,7 +92,7 @@ class _RuntimeHook(ModelHook):
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager._context = None
+        self.state_manager.set_context(None)
         return module
 
 
@@ -186,7 +186,7 @@ class DenoiserRuntime:
         self.caching_allowed = True
         self.handle.stats["runs"] += 1
         self.handle.stats["last_run"] = ""
-        registry = getattr(self.denoiser, "_diffusers_hook", None)
+        registry = df_compat.registry(self.denoiser)
         if registry is not None:  # diffusers' own stateful caches start fresh too
             registry.reset_stateful_hooks(recurse=True)
         for callback in self._run_listeners:
@@ -198,9 +198,9 @@ class DenoiserRuntime:
             self._calls_in_step = 0
             self._keys_in_step = []
 
-    def _begin_call(self, args: tuple, kwargs: dict, context: Any) -> None:
+    def _begin_call(self, args: tuple, kwargs: dict, context: str | None) -> None:
         timestep = _timestep_of(args, kwargs)
-        key = context.name if context is not None else "default"
+        key = context if context is not None else "default"
         if self.scheduler is not None:
             if self.pipe.scheduler is not self.scheduler:
                 raise RuntimeError(
@@ -242,14 +242,14 @@ class DenoiserRuntime:
         if self.provide_cache_context and context is None:
             # Pipelines without cache_context (SD3, PixArt, DiT) would make diffusers' stateful
             # hooks raise "No cache context is set": name the branch for them.
-            _set_cache_context(self.denoiser, f"branch{self.branch}", self)
+            df_compat.set_cache_context(self.denoiser, f"branch{self.branch}", self.step_index)
             self._context_set_by_us = True
         for callback in self._call_listeners:
             callback()
 
     def _end_call(self) -> None:
         if self._context_set_by_us:
-            _set_cache_context(self.denoiser, None, self)
+            df_compat.set_cache_context(self.denoiser, None, self.step_index)
             self._context_set_by_us = False
         stats = self.handle.stats
         stats["denoiser_calls"] += 1
@@ -287,14 +287,6 @@ def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:
         if isinstance(value, torch.Tensor):
             return tuple(value.shape)
     return None
-
-
-def _set_cache_context(denoiser: torch.nn.Module, name: str | None, runtime: Any) -> None:
-    from diffusers.hooks.hooks import CacheContext
-    from diffusers.hooks.hooks import _set_cache_context as set_context
-
-    context = None if name is None else CacheContext(name, step_index=runtime.step_index)
-    set_context(denoiser, context)
 
 
 def get_runtime(handle: Handle, denoiser: torch.nn.Module, pipe: Any = None) -> DenoiserRuntime:

@@ -14,6 +14,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from leanvision.compat.timm import efficientvit_class
 from leanvision.vision.lite_mla import LiteMLA
 
 
@@ -69,17 +70,17 @@ class EfficientViTBackbone(nn.Module):
 
     def __init__(self, spec: VariantSpec, *, in_channels: int = 3, backend: str = "auto"):
         super().__init__()
-        from timm.models.efficientvit_mit import EfficientVitStage, Stem
-
+        stem_class = efficientvit_class("Stem")
+        stage_class = efficientvit_class("EfficientVitStage")
         self.spec = spec
         self.in_channels = in_channels
         norm, act = nn.BatchNorm2d, nn.Hardswish
-        self.stem = Stem(in_channels, spec.widths[0], spec.depths[0], norm, act)
+        self.stem = stem_class(in_channels, spec.widths[0], spec.depths[0], norm, act)
         self.stages = nn.Sequential()
         previous = spec.widths[0]
         for index, (width, depth) in enumerate(zip(spec.widths[1:], spec.depths[1:], strict=True)):
             self.stages.append(
-                EfficientVitStage(
+                stage_class(
                     previous,
                     width,
                     depth=depth,
@@ -96,11 +97,10 @@ class EfficientViTBackbone(nn.Module):
     def _use_our_attention(self, backend: str) -> None:
         # timm builds its LiteMLA; ours takes over its submodules (no copy), so parameter
         # names stay timm's and the timm module is dropped.
-        from timm.models.efficientvit_mit import LiteMLA as TimmLiteMLA
-
+        timm_lite_mla = efficientvit_class("LiteMLA")
         for module in self.modules():
             main = getattr(module, "main", None)
-            if isinstance(main, TimmLiteMLA):
+            if isinstance(main, timm_lite_mla):
                 module.main = LiteMLA.from_timm(main, backend=backend)
 
     @property

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.models.efficientvit_mit import ConvNormAct
 from torch import nn
 
+from leanvision.compat.timm import LITE_MLA_PARTS, efficientvit_class
 from leanvision.kernels import linear_attention
 from leanvision.kernels.dispatch import BACKENDS
 from leanvision.kernels.linear_attention.op import MAX_HEAD_DIM, MIN_HEAD_DIM
@@ -94,7 +94,8 @@ class LiteMLA(nn.Module):
             raise ValueError(f"eps must be > 0; got {eps!r}")
         use_bias, norm_layer, act_layer = _pair(use_bias), _pair(norm_layer), _pair(act_layer)
         total = 3 * heads * head_dim
-        self.qkv = ConvNormAct(
+        conv_norm_act = efficientvit_class("ConvNormAct")
+        self.qkv = conv_norm_act(
             in_channels,
             total,
             1,
@@ -109,7 +110,7 @@ class LiteMLA(nn.Module):
             )
             for s in scales
         )
-        self.proj = ConvNormAct(
+        self.proj = conv_norm_act(
             heads * head_dim * (1 + len(scales)),
             out_channels,
             1,
@@ -146,10 +147,10 @@ class LiteMLA(nn.Module):
         (True, 2)
         """
         kernel_func = getattr(module, "kernel_func", None)
-        if not all(hasattr(module, name) for name in ("qkv", "aggreg", "proj", "dim", "eps")):
+        if not all(hasattr(module, name) for name in LITE_MLA_PARTS):
             raise TypeError(
                 f"module of class {type(module).__name__!r} is not a timm efficientvit_mit.LiteMLA "
-                f"(needs qkv, aggreg, proj, dim, eps)"
+                f"(needs {', '.join(LITE_MLA_PARTS)})"
             )
         if type(kernel_func) is not nn.ReLU:
             raise ValueError(

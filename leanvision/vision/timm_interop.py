@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanvision.compat.timm import efficientvit_class
 from leanvision.core.errors import AlreadyPatchedError, UnsupportedModelError
 from leanvision.core.handle import Handle
 from leanvision.kernels.dispatch import BACKENDS
@@ -27,9 +28,7 @@ SUPPORTED = ("timm efficientvit_b0..b3 / EfficientVit (efficientvit_mit.LiteMLA 
 
 
 def _timm_lite_mla_class() -> type[nn.Module]:
-    from timm.models.efficientvit_mit import LiteMLA as TimmLiteMLA
-
-    return TimmLiteMLA
+    return efficientvit_class("LiteMLA")
 
 
 def from_timm(timm_model: nn.Module, *, backend: str = "auto") -> Handle:

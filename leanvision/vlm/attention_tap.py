@@ -15,12 +15,13 @@ interface would silently get *no* mask). Nothing materialises an attention matri
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from leanvision.compat import transformers as tf_compat
 
 # listener(module, query, key, attention_mask, kwargs of the attention call)
 Listener = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, dict[str, Any]], None]
@@ -28,12 +29,9 @@ Listener = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, dict[str, Any]]
 
 def delegate_attention(module: nn.Module, implementation: str) -> Callable[..., Any]:
     """The attention function ``implementation`` names, for ``module``'s model."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if implementation == "eager":
-        # transformers keeps each model's eager attention beside the attention class
-        return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[implementation]
+        return tf_compat.eager_attention(module)
+    return tf_compat.attention_functions()[implementation]
 
 
 class AttentionTap:
@@ -64,24 +62,18 @@ class AttentionTap:
         )
 
     def mask(self, *args: Any, config: Any = None, **kwargs: Any) -> Any:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
         implementation = self.original.get(id(config), "sdpa")
-        return ALL_MASK_ATTENTION_FUNCTIONS[implementation](*args, config=config, **kwargs)
+        return tf_compat.mask_functions()[implementation](*args, config=config, **kwargs)
 
     def install(self, handle: Any, config: Any, original: str) -> None:
         """Point ``config`` at this tap, delegating to ``original``, until ``handle`` is removed;
         removal restores the exact previous implementation."""
         if not self._registered:
-            from transformers import AttentionInterface
-            from transformers.masking_utils import AttentionMaskInterface
-
-            AttentionInterface.register(self.name, self)
-            AttentionMaskInterface.register(self.name, self.mask)
+            tf_compat.register_attention(self.name, self, self.mask)
             self._registered = True
         self.original[id(config)] = original
         handle.on_remove(lambda: self.original.pop(id(config), None))
-        handle.set_attr(config, "_attn_implementation_internal", self.name)
+        tf_compat.select_attention(handle, config, self.name)
 
     def listen(self, module: nn.Module, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` on every attention call of ``module``; returns the undo."""

@@ -4,19 +4,19 @@ A handle points the vision config at the :class:`~leanvision.vlm.attention_tap.A
 ``"leanvision_capture"`` (restored on remove), which hands every call on to the implementation
 configured before and, while :func:`listening` is active for a module, first gives that
 module's ``q``/``k`` to a listener. Scores are then computed with
-``leanvision.vlm.scoring.attention_scores`` (``kernels.attention_scores``), which never materialises the attention matrix.
+``leanvision.kernels.attention_scores``, which never materialises the attention matrix.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.kernels import attention_scores
 from leanvision.vlm.attention_tap import AttentionTap, Listener
 
@@ -28,22 +28,21 @@ def install_capture(handle: Any, attention: nn.Module) -> None:
 
     Raises ``ValueError`` when the module's current implementation cannot be delegated to.
     """
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     config = attention.config
-    original = config._attn_implementation or "eager"
+    original = tf_compat.attn_implementation(config)
+    registered = tf_compat.attention_functions()
     if original == VISION_TAP.name:
         return  # another capture on the same config (several modules share one config)
     if original == "eager":
-        if not hasattr(sys.modules[type(attention).__module__], "eager_attention_forward"):
+        if tf_compat.eager_attention(attention) is None:
             raise ValueError(
                 f"{type(attention).__name__} uses eager attention without an AttentionInterface "
                 "function; set attn_implementation='sdpa' on the vision tower"
             )
-    elif original not in ALL_ATTENTION_FUNCTIONS:
+    elif original not in registered:
         raise ValueError(
             f"vision attn_implementation={original!r} is not registered in transformers' "
-            f"AttentionInterface; use one of {['eager', *ALL_ATTENTION_FUNCTIONS.valid_keys()]}"
+            f"AttentionInterface; use one of {['eager', *registered.valid_keys()]}"
         )
     VISION_TAP.install(handle, config, original)
 
@@ -92,7 +91,7 @@ class ScoreRecorder:
         attention_mask: Any,
         kwargs: dict[str, Any],
     ) -> None:
-        cu_seqlens = kwargs.get("cu_seq_lens_q")
+        cu_seqlens = kwargs.get(tf_compat.PACKED_QUERY_BOUNDS)
         if cu_seqlens is not None and query.shape[0] == 1:
             bounds = cu_seqlens.tolist()
             for start, end in zip(bounds[:-1], bounds[1:], strict=True):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.adapters.base import VLMAdapter, splice, text_position_ids
 from leanvision.vlm.capture import install_capture
 from leanvision.vlm.flops import prefill_flops
@@ -61,8 +62,7 @@ class PrefillCompressor:
             kwargs = {**kwargs, "input_ids": args[0]}
             args = ()
         self.last_prefill = None
-        cache = kwargs.get("past_key_values")
-        past = 0 if cache is None else int(cache.get_seq_length())
+        past = tf_compat.cached_length(tf_compat.kv_cache(kwargs))
         vision = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos"))
         if past == 0:
             self.state = None
@@ -103,10 +103,10 @@ class PrefillCompressor:
                 "visual-token compression needs input_ids at prefill (to find the image "
                 "placeholders); got inputs_embeds only"
             )
-        if kwargs.get("mm_encoder_outputs"):
+        if kwargs.get(tf_compat.MM_ENCODER_OUTPUTS):
             raise ValueError(
                 "visual-token compression runs the vision tower itself; pass pixel_values, "
-                "not mm_encoder_outputs"
+                f"not {tf_compat.MM_ENCODER_OUTPUTS}"
             )
         masks = self._placeholder_masks(input_ids, kwargs)
         segments = adapter.encode(model, kwargs, self.request)
@@ -245,6 +245,8 @@ def install_prefill(
 ) -> PrefillCompressor:
     """Install the prefill hook (and the attention capture when ``config`` needs scores);
     returns the hook, whose ``last_prefill`` a following in-LLM stage reads."""
+    inner = adapter.inner(model)
+    tf_compat.cache_keyword(inner)
     compressor = PrefillCompressor(model, config, handle, adapter)
     request = compressor.request
     if request.scores or request.keys:
@@ -252,12 +254,11 @@ def install_prefill(
 
         layer = resolve_layer(request.layer, len(adapter.vision_layers(model)))
         install_capture(handle, adapter.vision_attention(model, layer))
-    if hasattr(model, "_supports_mm_encoder_outputs"):
+    if hasattr(model, tf_compat.MM_ENCODER_OUTPUTS_FLAG):
         # transformers >= 5.2x `generate` runs the vision tower before prefill and passes only
-        # its features (`mm_encoder_outputs`); the hook needs the pixels (scores come from the
-        # tower's attention), so this instance takes the plain path while patched.
-        handle.set_attr(model, "_supports_mm_encoder_outputs", _no_mm_encoder_outputs)
-    inner = adapter.inner(model)
+        # its features; the hook needs the pixels (scores come from the tower's attention), so
+        # this instance takes the plain path while patched.
+        handle.set_attr(model, tf_compat.MM_ENCODER_OUTPUTS_FLAG, _no_mm_encoder_outputs)
     handle.add_hook(inner.register_forward_pre_hook(compressor, with_kwargs=True))
     handle.stats["method"] = handle.method
     return compressor

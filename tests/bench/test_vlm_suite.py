@@ -17,6 +17,7 @@ from leanvision.bench.suites.vlm import (
     scaled_layers,
     vlm_cases,
 )
+from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.registry import load_methods
 
 # Real token counts (576 per image, 196 per video frame) on the narrowest shapes; batch 2 so
@@ -146,8 +147,8 @@ def test_cases_switch_patches_so_any_order_runs(quick_cases):
     fastv = next(case for case in image if case.name.startswith("fastv"))
     pool = next(case for case in image if case.name.startswith("pool"))
     seq = {
-        name: case.fn().past_key_values.get_seq_length()
+        name: tf_compat.output_cache(case.fn()).get_seq_length()
         for name, case in (("fastv", fastv), ("base", baseline), ("pool", pool))
     }
     assert seq["pool"] < seq["base"]
-    assert baseline.fn().past_key_values.get_seq_length() == seq["base"]
+    assert tf_compat.output_cache(baseline.fn()).get_seq_length() == seq["base"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.testing.common import TinyModel
 from leanvision.vlm.adapters import get_adapter
 
@@ -90,7 +91,7 @@ def reference_inllm_decode(
             attention_mask=mask,
             position_embeddings=embeddings,
             position_ids=layer_positions if not mrope else None,
-            past_key_values=cache,
+            **{tf_compat.cache_keyword(layer): cache},
             use_cache=True,
         )
     logits = adapter.lm_head(model)(language.norm(hidden))
@@ -118,7 +119,7 @@ def reference_inllm_decode(
                 attention_mask=seen[:, None, None, :],
                 position_embeddings=embeddings,
                 position_ids=step_position if not mrope else None,
-                past_key_values=cache,
+                **{tf_compat.cache_keyword(layer): cache},
                 use_cache=True,
             )
         logits = adapter.lm_head(model)(language.norm(hidden))

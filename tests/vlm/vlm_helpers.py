@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from leanvision import testing
+from leanvision.compat import transformers as tf_compat
 from leanvision.testing.common import TinyModel
 from leanvision.vlm.adapters import get_adapter
 
@@ -142,7 +143,7 @@ def reference_decode(
     out = model(
         inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids, use_cache=True
     )
-    cache, tokens, done = out.past_key_values, [], torch.zeros(batch, dtype=torch.bool)
+    cache, tokens, done = tf_compat.output_cache(out), [], torch.zeros(batch, dtype=torch.bool)
     for step in range(steps):
         token = out.logits[:, -1].argmax(-1)
         token = torch.where(done, torch.full_like(token, pad_id), token)
@@ -156,8 +157,8 @@ def reference_decode(
             input_ids=token[:, None],
             attention_mask=attention,
             position_ids=step_pos,
-            past_key_values=cache,
+            **{tf_compat.cache_keyword(model): cache},
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = tf_compat.output_cache(out)
     return torch.stack(tokens, dim=1)

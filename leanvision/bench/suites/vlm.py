@@ -44,6 +44,7 @@ import torch
 from leanvision.bench.registry import BenchOptions, Case, register_benchmark
 from leanvision.bench.runner import call_seconds
 from leanvision.bench.suites._vlm_models import Patches, build_model, make_inputs
+from leanvision.compat import transformers as tf_compat
 
 REFERENCE_TOKENS = 576  # LLaVA-1.5's visual tokens per image: budgets are written against it
 BUDGETS = (192, 128, 64)
@@ -229,14 +230,14 @@ def _cache_mib(cache: Any) -> float:
 def _memory(work: _Workload) -> dict[str, float]:
     """KV cache after one prefill, and on CUDA the prefill's peak memory above its start."""
     if not work.device.startswith("cuda"):
-        return {"KV MiB": _cache_mib(work.prefill().past_key_values)}
+        return {"KV MiB": _cache_mib(tf_compat.output_cache(work.prefill()))}
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     output = work.prefill()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    return {"KV MiB": _cache_mib(output.past_key_values), "prefill MiB": peak}
+    return {"KV MiB": _cache_mib(tf_compat.output_cache(output)), "prefill MiB": peak}
 
 
 def _paired_excess(work: _Workload, method: tuple, reference: tuple, repeats: int) -> float:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
+from leanvision.compat.diffusers import ModelHook
 from leanvision.core.handle import Handle
 from leanvision.diffusion._hooks import register_hook
 from leanvision.diffusion.runtime import DenoiserRuntime

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import hooks as dh
 
+from leanvision.compat import diffusers as df_compat
 from leanvision.core.config import MethodConfig, check_range
 from leanvision.core.errors import UnsupportedModelError
 from leanvision.core.handle import Handle
@@ -83,7 +83,7 @@ class FirstBlockCache(MethodConfig):
         check_range("threshold", self.threshold, 0.0, low_inclusive=False)
 
     def to_diffusers(self, timestep: Callable[[], float], denoiser: Any) -> Any:
-        return dh.FirstBlockCacheConfig(threshold=self.threshold)
+        return df_compat.cache_config_class("FirstBlockCacheConfig")(threshold=self.threshold)
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ class PyramidAttentionBroadcast(MethodConfig):
         _check_range_pair("timestep_range", self.timestep_range)
 
     def to_diffusers(self, timestep: Callable[[], float], denoiser: Any) -> Any:
-        return dh.PyramidAttentionBroadcastConfig(
+        return df_compat.cache_config_class("PyramidAttentionBroadcastConfig")(
             spatial_attention_block_skip_range=self.spatial_skip,
             cross_attention_block_skip_range=self.cross_skip,
             spatial_attention_timestep_skip_range=tuple(self.timestep_range),
@@ -139,7 +139,7 @@ class FasterCache(MethodConfig):
         if distilled is None:
             distilled = bool(getattr(denoiser.config, "guidance_embeds", False))
         weight = self.attention_weight
-        return dh.FasterCacheConfig(
+        return df_compat.cache_config_class("FasterCacheConfig")(
             spatial_attention_block_skip_range=self.spatial_skip,
             spatial_attention_timestep_skip_range=tuple(self.timestep_range),
             unconditional_batch_skip_range=self.unconditional_skip,
@@ -176,7 +176,7 @@ class TaylorSeer(MethodConfig):
             raise TypeError(f"factors_dtype must be a torch.dtype, got {self.factors_dtype!r}")
 
     def to_diffusers(self, timestep: Callable[[], float], denoiser: Any) -> Any:
-        return dh.TaylorSeerCacheConfig(
+        return df_compat.cache_config_class("TaylorSeerCacheConfig")(
             cache_interval=self.cache_interval,
             disable_cache_before_step=self.disable_cache_before_step,
             disable_cache_after_step=self.disable_cache_after_step,
@@ -188,14 +188,14 @@ class TaylorSeer(MethodConfig):
 
 
 # config class -> (diffusers apply function, hook names it registers)
-_DELEGATES: dict[type, tuple[Callable[..., None], tuple[str, ...]]] = {
-    FirstBlockCache: (dh.apply_first_block_cache, ("fbc_leader_block_hook", "fbc_block_hook")),
+_DELEGATES: dict[type, tuple[str, tuple[str, ...]]] = {
+    FirstBlockCache: ("apply_first_block_cache", ("fbc_leader_block_hook", "fbc_block_hook")),
     PyramidAttentionBroadcast: (
-        dh.apply_pyramid_attention_broadcast,
+        "apply_pyramid_attention_broadcast",
         ("pyramid_attention_broadcast",),
     ),
-    FasterCache: (dh.apply_faster_cache, ("faster_cache_denoiser", "faster_cache_block")),
-    TaylorSeer: (dh.apply_taylorseer_cache, ("taylorseer_cache",)),
+    FasterCache: ("apply_faster_cache", ("faster_cache_denoiser", "faster_cache_block")),
+    TaylorSeer: ("apply_taylorseer_cache", ("taylorseer_cache",)),
 }
 
 
@@ -237,23 +237,22 @@ def _apply_delegated(denoiser: torch.nn.Module, config: Any, handle: Handle, pip
             value = runtime.timestep
         return float(value) if value is not None else 0.0
 
-    apply, hook_names = _DELEGATES[type(config)]
+    apply_name, hook_names = _DELEGATES[type(config)]
+    apply = df_compat.cache_apply_function(apply_name)
     diffusers_config = config.to_diffusers(current_timestep, denoiser)
     untrack_new_registries(handle, denoiser)
-    registry = dh.HookRegistry.check_if_exists_or_initialize(denoiser)
+    registry = df_compat.HookRegistry.check_if_exists_or_initialize(denoiser)
     for name in hook_names:
         handle.on_remove(lambda name=name: registry.remove_hook(name, recurse=True))
     if hasattr(denoiser, "enable_cache"):
         # Tell diffusers a cache is on, so enable_cache() refuses a second one.
-        handle.set_attr(denoiser, "_cache_config", diffusers_config)
+        handle.set_attr(denoiser, df_compat.CACHE_CONFIG_ATTR, diffusers_config)
     apply(denoiser, diffusers_config)
     hooked = [
         module
         for module in denoiser.modules()
-        if any(
-            name in getattr(module, "_diffusers_hook", dh.HookRegistry(None)).hooks
-            for name in hook_names
-        )
+        if (found := df_compat.registry(module)) is not None
+        and any(name in found.hooks for name in hook_names)
     ]
     if not hooked:
         raise UnsupportedModelError(

@@ -36,8 +36,8 @@ import warnings
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
+from leanvision.compat.diffusers import ModelHook
 from leanvision.core.config import MethodConfig, check_range
 from leanvision.core.handle import Handle
 from leanvision.diffusion._hooks import register_hook

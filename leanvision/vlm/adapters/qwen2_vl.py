@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
 from leanvision.vlm.adapters.llava import attach_stats, resolve_layer
 from leanvision.vlm.capture import ScoreRecorder, listening
@@ -153,12 +154,4 @@ class Qwen2VLAdapter(VLMAdapter):
         tower = self.vision_tower(model)
         if not hasattr(tower, "fullatt_block_indexes"):
             return None
-        from transformers.vision_utils import get_vision_window_index
-
-        window_index, _ = get_vision_window_index(
-            grid_thw,
-            spatial_merge_size=tower.spatial_merge_size,
-            window_size=tower.window_size,
-            patch_size=tower.patch_size,
-        )
-        return window_index
+        return tf_compat.vision_window_index(grid_thw, tower)

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.attention_tap import AttentionTap, Listener
 
 LM_TAP = AttentionTap("leanvision_inllm")
@@ -25,14 +26,11 @@ INLLM_IMPLEMENTATION = LM_TAP.name
 
 def check_implementation(config: Any) -> str:
     """The text config's attention implementation, or ``ValueError`` if it cannot be wrapped."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    original = config._attn_implementation or "eager"
+    original = tf_compat.attn_implementation(config)
     if original == INLLM_IMPLEMENTATION:
         raise ValueError("the language model is already routed through leanvision's attention")
-    known = original == "eager" or original in ALL_ATTENTION_FUNCTIONS
-    if not known or original not in ALL_MASK_ATTENTION_FUNCTIONS:
+    known = original == "eager" or original in tf_compat.attention_functions()
+    if not known or original not in tf_compat.mask_functions():
         raise ValueError(
             f"language-model attn_implementation={original!r} cannot be wrapped to read "
             "attention scores; use one of ['eager', 'sdpa', 'flash_attention_2', 'flex_attention']"

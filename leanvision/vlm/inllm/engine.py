@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.inllm import stats as inllm_stats
 from leanvision.vlm.inllm.attention import attention_module, install_attention, listen
 
@@ -186,6 +187,7 @@ class InLLMPruner:
     # -- installation --------------------------------------------------------------------------
     def install(self) -> None:
         handle = self.handle
+        tf_compat.cache_keyword(self.language_model)
         install_attention(handle, attention_module(self.layers[0]).config)
         inner = self.adapter.inner(self.model)
         handle.add_hook(inner.register_forward_pre_hook(self._inner_hook, with_kwargs=True))
@@ -216,8 +218,8 @@ class InLLMPruner:
     def _lm_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self._cache = {}
         ids, self._pending_ids = self._pending_ids, None
-        cache = kwargs.get("past_key_values")
-        past = 0 if cache is None else int(cache.get_seq_length())
+        cache = tf_compat.kv_cache(kwargs)
+        past = tf_compat.cached_length(cache)
         if past > 0:
             self.phase = "decode" if self.state is not None else "idle"
             return
@@ -233,7 +235,7 @@ class InLLMPruner:
         visual = self.adapter.visual_token_mask(self.model, ids)
         if not bool(visual.any()):
             return
-        if getattr(cache, "is_compileable", False):
+        if tf_compat.is_static_cache(cache):
             raise ValueError(
                 "in-LLM pruning shortens the KV cache of later layers and needs a dynamic "
                 "cache; generate with cache_implementation='dynamic' (the default)"
@@ -350,7 +352,7 @@ class InLLMPruner:
         if "attention_mask" in kwargs:
             updates["attention_mask"] = gather_mask(kwargs["attention_mask"], index, index)
         positions = gather_positions(kwargs.get("position_ids"), index, length)
-        embeddings = kwargs.get("position_embeddings")
+        embeddings = kwargs.get(tf_compat.POSITION_EMBEDDINGS)
         if self.renumber:
             original = kwargs.get("position_ids")
             if not isinstance(original, torch.Tensor) or original.dim() != 2:
@@ -373,7 +375,7 @@ class InLLMPruner:
         if "position_ids" in kwargs:
             updates["position_ids"] = positions
         if embeddings is not None:
-            updates["position_embeddings"] = embeddings
+            updates[tf_compat.POSITION_EMBEDDINGS] = embeddings
         self._cache[stage] = updates
         return updates
 
@@ -395,9 +397,9 @@ class InLLMPruner:
                 raise ValueError("renumber=True needs 1-D position ids in the decoder layers")
             positions = positions - state.shifts[stage]
             updates["position_ids"] = positions
-            embeddings = kwargs.get("position_embeddings")
+            embeddings = kwargs.get(tf_compat.POSITION_EMBEDDINGS)
             if embeddings is not None:
-                updates["position_embeddings"] = self._rotary(embeddings, positions)
+                updates[tf_compat.POSITION_EMBEDDINGS] = self._rotary(embeddings, positions)
         self._cache[stage] = updates
         return updates
 
