@@ -10,7 +10,10 @@ no UNet forward is copied.
 
 ControlNet rule: the ControlNet still runs every step. Its residuals are added by the UNet
 to the skip samples, so the shallow branch gets the current step's residuals; the deep
-features (and with them the deep ControlNet residuals) come from the last full step.
+features (and with them the deep ControlNet residuals) come from the last full step. The mid
+residual is added after the mid block, so at the deepest branch (only the mid block kept) the
+current step's mid residual meets the kept mid output, as in the published
+``DeepCacheSDHelper`` (both checked in ``tests/diffusion/test_cache_oracles.py``).
 
 torch.compile: compile the UNet in place, ``pipe.unet.compile()`` (before or after applying);
 ``pipe.unet = torch.compile(pipe.unet)`` replaces it with an ``OptimizedModule``, which is

@@ -84,9 +84,13 @@ def _unet_parts(unet: torch.nn.Module, granularity: str) -> list[list[torch.nn.M
         return [list(layer.modules) for layer in layers]
     parts = []
     for layer in layers:
-        if layer is mid:  # the mid block's own resnets and attentions
-            children = [*(mid.modules[0].attentions or []), *mid.modules[0].resnets]
-            parts += [[child] for child in children]
+        if layer is mid:  # the mid block's own resnets and attentions, in execution order
+            block = mid.modules[0]
+            resnets = list(block.resnets)
+            attentions = list(getattr(block, "attentions", None) or [None] * (len(resnets) - 1))
+            pairs = zip(attentions, resnets[1:], strict=True)
+            children = resnets[:1] + [module for pair in pairs for module in pair]
+            parts += [[child] for child in children if child is not None]
         else:
             parts += [[module] for module in layer.modules]
     return parts
