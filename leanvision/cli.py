@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5)
     bench.set_defaults(func=_bench)
 
-    demo = commands.add_parser("demo", help="launch the Gradio demo")
+    demo = commands.add_parser("demo", help="the Gradio demo (not yet available)")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -24,11 +24,11 @@ PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("open_clip", ("open_clip_torch",)),
 )
 
-# feature -> (module that must be importable, extra that installs it)
+# feature -> (module that must be importable, extra that installs it). Only features leanvision
+# has code for: the Gradio demo joins when ``leanvision demo`` stops saying "not yet available".
 FEATURES: dict[str, tuple[str, str]] = {
     "video decoding with decord": ("decord", "video"),
     "video decoding with PyAV": ("av", "video"),
-    "gradio demo": ("gradio", "demo"),
     "CLIP score": ("open_clip", "clip"),
     "LoRA loading and LCM distillation": ("peft", "train"),
     "triton kernels": ("triton", "(comes with Linux CUDA builds of torch)"),

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from leanvision.kernels.dispatch import interpreter_enabled
+from leanvision.kernels.dispatch import interpreter_enabled, triton_compute_dtype
+
+
+def reject_interpreted_dtype(launcher: str, dtype: torch.dtype) -> None:
+    """Raise instead of returning garbage: the interpreter computes bf16 wrong.
+
+    The public ops convert first (:func:`~leanvision.kernels.dispatch.triton_compute_dtype`);
+    this guards direct calls of a launcher.
+    """
+    compute = triton_compute_dtype(dtype)
+    if compute != dtype:
+        raise TypeError(
+            f"{launcher} got {dtype} inputs under the Triton interpreter, which computes "
+            f"{dtype} wrong; pass {compute} inputs (the public op in leanvision.kernels does)"
+        )
 
 
 def next_pow2(value: int, minimum: int = 16) -> int:

@@ -4,6 +4,9 @@
 for CPU tensors when ``TRITON_INTERPRET=1`` (how the tests run the kernels on a CPU); torch
 everywhere else. The environment variable ``LEANVISION_KERNELS=triton|torch`` overrides
 ``"auto"`` for a whole process.
+
+Under the interpreter the Triton path computes bf16 inputs in fp32 and casts the result back
+(see :func:`triton_compute_dtype`): the interpreter's bf16 ``tl.dot`` returns garbage.
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def triton_supports(device: torch.device) -> bool:
     if device.type == "cuda":
         return interpreter_enabled() or torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
     return False
+
+
+def triton_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the Triton path runs inputs of ``dtype`` in: fp32 for bf16 under the interpreter.
+
+    The Triton interpreter (3.8 here) gets bf16 wrong: ``tl.dot`` on bf16 returns garbage
+    (``linear_attention`` was off by 1e9 relative, with no error) and bf16 casts lose precision.
+    Compiled kernels are unaffected, so outside the interpreter every dtype runs as it is.
+
+    >>> triton_compute_dtype(torch.float16)
+    torch.float16
+    """
+    if dtype == torch.bfloat16 and interpreter_enabled():
+        return torch.float32
+    return dtype
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

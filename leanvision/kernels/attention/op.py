@@ -15,7 +15,7 @@ from leanvision.kernels._validate import (
     check_tensor,
 )
 from leanvision.kernels.attention.ref import attention_ref
-from leanvision.kernels.dispatch import resolve_backend
+from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
@@ -33,7 +33,11 @@ def _attention_op(
     if resolve_backend(backend, q.device) == "triton":
         from leanvision.kernels.attention.triton import attention_triton
 
-        return attention_triton(q, k, v, causal, scale, key_padding_mask)
+        compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
+        out, lse = attention_triton(
+            q.to(compute), k.to(compute), v.to(compute), causal, scale, key_padding_mask
+        )
+        return out.to(q.dtype), lse
     return attention_ref(q, k, v, causal, scale, key_padding_mask)
 
 

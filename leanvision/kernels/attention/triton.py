@@ -15,7 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from leanvision.kernels._triton_common import dot_precision, launch_opts, next_pow2
+from leanvision.kernels._triton_common import (
+    dot_precision,
+    launch_opts,
+    next_pow2,
+    reject_interpreted_dtype,
+)
 from leanvision.kernels.configs import attention_config
 
 LOG2E = 1.4426950408889634
@@ -159,6 +164,7 @@ def attention_triton(
     ``config`` overrides the launch config (BLOCK_M, BLOCK_N, num_warps, num_stages), as the
     tuning script does.
     """
+    reject_interpreted_dtype("attention_triton", q.dtype)
     batch, q_heads, queries, head_dim = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
     scale = head_dim**-0.5 if scale is None else scale

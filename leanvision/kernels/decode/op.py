@@ -17,7 +17,7 @@ from leanvision.kernels._validate import (
     check_tensor,
 )
 from leanvision.kernels.decode.ref import decode_attention_ref
-from leanvision.kernels.dispatch import resolve_backend
+from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
 
 Q_LAYOUT = "(B, Hq, 1, D)"
 CACHE_LAYOUT = "(B, Hkv, Lmax, D)"
@@ -56,7 +56,16 @@ def _decode_attention_op(
     if resolve_backend(backend, q.device) == "triton":
         from leanvision.kernels.decode.triton import decode_attention_triton
 
-        return decode_attention_triton(q, k_cache, v_cache, cache_lengths, scale, unified_max)
+        compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
+        out = decode_attention_triton(
+            q.to(compute),
+            k_cache.to(compute),
+            v_cache.to(compute),
+            cache_lengths,
+            scale,
+            unified_max,
+        )
+        return out.to(q.dtype)
     return decode_attention_ref(q, k_cache, v_cache, cache_lengths, scale)
 
 

@@ -37,7 +37,12 @@ import torch
 import triton
 import triton.language as tl
 
-from leanvision.kernels._triton_common import fp32_dot_precision, launch_opts, next_pow2
+from leanvision.kernels._triton_common import (
+    fp32_dot_precision,
+    launch_opts,
+    next_pow2,
+    reject_interpreted_dtype,
+)
 from leanvision.kernels.configs import length_bucket, sm_count, tuned_config
 from leanvision.kernels.dispatch import interpreter_enabled
 
@@ -242,6 +247,7 @@ def decode_attention_triton(
     overrides :func:`choose_splits`. With ``return_flags`` also returns a (B,) bool tensor:
     which sequences left the safe window and were recomputed with their exact max.
     """
+    reject_interpreted_dtype("decode_attention_triton", q.dtype)
     batch, q_heads, _, head_dim = q.shape
     kv_heads, max_length = k_cache.shape[1], k_cache.shape[2]
     group = q_heads // kv_heads

@@ -10,7 +10,7 @@ from leanvision.kernels._validate import (
     check_like,
     check_tensor,
 )
-from leanvision.kernels.dispatch import resolve_backend
+from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
 from leanvision.kernels.linear_attention.ref import linear_attention_ref
 
 LAYOUT = "(B, H, N, D)"
@@ -24,7 +24,9 @@ def _linear_attention_op(
     if resolve_backend(backend, q.device) == "triton":
         from leanvision.kernels.linear_attention.triton import linear_attention_triton
 
-        return linear_attention_triton(q, k, v, eps)
+        compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
+        out = linear_attention_triton(q.to(compute), k.to(compute), v.to(compute), eps)
+        return out.to(q.dtype)
     return linear_attention_ref(q, k, v, eps)
 
 

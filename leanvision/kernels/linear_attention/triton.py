@@ -14,7 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from leanvision.kernels._triton_common import fp32_dot_precision, launch_opts, next_pow2
+from leanvision.kernels._triton_common import (
+    fp32_dot_precision,
+    launch_opts,
+    next_pow2,
+    reject_interpreted_dtype,
+)
 from leanvision.kernels.configs import sm_count, tuned_config
 from leanvision.kernels.dispatch import interpreter_enabled
 from leanvision.kernels.linear_attention.ref import linear_attention_ref
@@ -142,6 +147,7 @@ def linear_attention_triton(
     NaN-filled buffer to prove every element is written. ``splits`` overrides how many chunks
     the token axis is cut into for the state pass.
     """
+    reject_interpreted_dtype("linear_attention_triton", q.dtype)
     batch, heads, tokens, head_dim = q.shape
     if tokens <= head_dim:
         result = linear_attention_ref(q, k, v, eps)

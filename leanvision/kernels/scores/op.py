@@ -13,7 +13,7 @@ from leanvision.kernels._validate import (
     check_query_index,
     check_scale,
 )
-from leanvision.kernels.dispatch import resolve_backend
+from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
 from leanvision.kernels.scores.ref import REDUCTIONS, attention_scores_ref
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -33,8 +33,15 @@ def _attention_scores_op(
     if resolve_backend(backend, q.device) == "triton":
         from leanvision.kernels.scores.triton import attention_scores_triton
 
+        compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
         return attention_scores_triton(
-            q, k, scale, causal, query_index, key_padding_mask, reduce=reduce
+            q.to(compute),
+            k.to(compute),
+            scale,
+            causal,
+            query_index,
+            key_padding_mask,
+            reduce=reduce,
         )
     return attention_scores_ref(q, k, scale, causal, query_index, key_padding_mask, reduce)
 
