@@ -9,8 +9,11 @@ their MACs (``torch.utils.flop_counter``, attention included), and prints
 
     50-step time = full steps x full-call time + cached steps x cached-call time
 
-and its ratio to 50 baseline calls. It is an estimate by composition, not a timed 50-step run
-(``benchmarks/diffusion.py --full`` is that); the MACs ratio is exact for the schedule.
+and its ratio to 50 baseline calls. Every sample of a setting (its full and its cached call)
+is taken in turn with a baseline call (A B A B ...), and the speedup is the median of the
+per-sample ratios, with their interquartile range from 3 samples on; a speedup above
+``1 / MACs ratio`` is flagged as noise. It is an estimate by composition, not a timed 50-step
+run (``benchmarks/diffusion.py --full`` is that); the MACs ratio is exact for the schedule.
 
 Run: ``python benchmarks/diffusion_steps.py`` (512x512, the full-size UNet) or
 ``--image 256 --width 0.25`` for a quick look; writes ``benchmarks/results/
@@ -59,11 +62,13 @@ def _full_steps(methods: list[tuple[str, dict[str, Any]]]) -> int:
 
 
 def measure(unet: Any, inputs: dict[str, Any], methods: list, repeat: int, device: str) -> dict:
-    """Median seconds and MACs of a full and a cached call under ``methods``: the first two
-    calls of a run on the bare UNet (a falling timestep continues the run)."""
+    """Seconds (``repeat`` samples) and MACs of a full and a cached call under ``methods``:
+    the first two calls of a run on the bare UNet (a falling timestep continues the run).
+    Each sample is taken in turn with a bare (baseline) call, in ``baseline_s``; the MACs
+    count comes first and warms both up."""
     import torch
 
-    from leanvision.bench.runner import call_seconds
+    from leanvision.bench.runner import alternate, call_seconds
     from leanvision.diffusion.api import accelerate
     from leanvision.diffusion.macs import count_macs
     from leanvision.diffusion.registry import load_methods
@@ -71,39 +76,68 @@ def measure(unet: Any, inputs: dict[str, Any], methods: list, repeat: int, devic
     registry = load_methods()
     configs = [registry.resolve(name, **options)[0] for name, options in methods]
     kinds = ("full", "cached")
-    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
-    macs: dict[str, int] = {}
-    for sample in range(repeat + 1):  # sample 0 counts MACs and warms up
+    steps = {
+        kind: dict(inputs, timestep=torch.tensor(timestep, device=device))
+        for kind, timestep in zip(kinds, (999, 979), strict=True)
+    }
+
+    def run(counted: bool = False) -> dict[str, float]:
         handle = accelerate(unet, configs) if configs else None
-        for kind, timestep in zip(kinds, (999, 979), strict=True):
-            step = dict(inputs, timestep=torch.tensor(timestep, device=device))
-            if sample == 0:
-                macs[kind] = count_macs(unet, **step)[1]
-                continue
-            seconds[kind].append(call_seconds(lambda step=step: unet(**step), device))
-        if handle is not None:
-            handle.remove()
-    return {"seconds": {k: statistics.median(v) for k, v in seconds.items()}, "macs": macs}
+        try:
+            if counted:
+                return {kind: count_macs(unet, **steps[kind])[1] for kind in kinds}
+            return {
+                kind: call_seconds(lambda kind=kind: unet(**steps[kind]), device) for kind in kinds
+            }
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    macs = run(counted=True)
+    if configs:
+        baseline, own = alternate(
+            lambda: call_seconds(lambda: unet(**steps["full"]), device), run, repeat
+        )
+    else:  # the baseline itself: its full calls are its own pairs
+        own = [run() for _ in range(repeat)]
+        baseline = [sample["full"] for sample in own]
+    seconds = {kind: [sample[kind] for sample in own] for kind in kinds}
+    return {"seconds": seconds, "baseline_s": baseline, "macs": macs}
 
 
 def compose(rows: dict[str, dict], full_steps: dict[str, int]) -> list[dict[str, Any]]:
-    """50-step time and MACs per setting, and their ratios to the baseline's."""
-    base = rows["baseline"]
-    base_time, base_macs = STEPS * base["seconds"]["full"], STEPS * base["macs"]["full"]
+    """50-step time and MACs per setting (from the per-call medians), and the speedup: the
+    median of the per-sample ratios ``50 x baseline call / composed 50-step time``, its
+    quartiles, and whether it exceeds ``1 / macs_ratio``."""
+    from leanvision.bench.runner import PairedRatio, above_bound, paired_ratio
+
+    base_macs = STEPS * rows["baseline"]["macs"]["full"]
     table = []
     for name, row in rows.items():
         full, cached = full_steps[name], STEPS - full_steps[name]
-        total = full * row["seconds"]["full"] + cached * row["seconds"]["cached"]
-        macs = full * row["macs"]["full"] + cached * row["macs"]["cached"]
+        seconds = row["seconds"]
+        totals = [
+            full * f + cached * c for f, c in zip(seconds["full"], seconds["cached"], strict=True)
+        ]
+        ratio = paired_ratio([STEPS * b for b in row["baseline_s"]], totals)
+        if name == "baseline":
+            ratio = PairedRatio(1.0, None, None, ratio.pairs)
+        median = {kind: statistics.median(values) for kind, values in seconds.items()}
+        macs_ratio = (full * row["macs"]["full"] + cached * row["macs"]["cached"]) / base_macs
         table.append(
             {
                 "setting": name,
-                "full_s": row["seconds"]["full"],
-                "cached_s": row["seconds"]["cached"] if cached else None,
+                "full_s": median["full"],
+                "cached_s": median["cached"] if cached else None,
                 "steps": f"{full}F+{cached}C",
-                "total_s": total,
-                "speedup": base_time / total,
-                "macs_ratio": macs / base_macs,
+                "total_s": full * median["full"] + cached * median["cached"],
+                "paired_baseline_s": statistics.median(row["baseline_s"]),
+                "speedup": ratio.median,
+                "speedup_iqr": "" if name == "baseline" else ratio.interval(),
+                "pairs": ratio.pairs,
+                "macs_ratio": macs_ratio,
+                "bound": 1 / macs_ratio,
+                "above_bound": above_bound(ratio.median, macs_ratio),
             }
         )
     return table
@@ -113,14 +147,18 @@ def format_rows(table: list[dict[str, Any]], title: str) -> str:
     lines = [
         title,
         "",
-        "| setting | steps | full call s | cached call s | 50-step s | speedup | MACs ratio |",
+        "| setting | steps | full call s | cached call s | 50-step s | paired baseline call s "
+        "| speedup | speedup IQR | MACs ratio | MACs bound | check |",
     ]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in table:
         cached = "-" if row["cached_s"] is None else f"{row['cached_s']:.3f}"
+        check = "NOISE: above bound" if row["above_bound"] else "ok"
         lines.append(
             f"| {row['setting']} | {row['steps']} | {row['full_s']:.3f} | {cached} | "
-            f"{row['total_s']:.1f} | {row['speedup']:.2f}x | {row['macs_ratio']:.3f} |"
+            f"{row['total_s']:.1f} | {row['paired_baseline_s']:.3f} | {row['speedup']:.2f}x | "
+            f"{row['speedup_iqr']} | "
+            f"{row['macs_ratio']:.3f} | <={row['bound']:.2f}x | {check} |"
         )
     return "\n".join(lines)
 
@@ -160,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
     title = (
         f"SD 1.5 UNet ({args.width:g}x width) at {args.image}x{args.image}, CFG batch 2, "
-        f"{STEPS} DDIM steps composed from per-call medians of {args.repeat}; "
+        f"{STEPS} DDIM steps composed from per-call medians of {args.repeat}; speedup: median "
+        f"of {args.repeat} per-sample ratios, each sample taken in turn with a baseline call; "
         f"device {device_label(args.device)}, {str(dtype).removeprefix('torch.')}"
     )
     text = format_rows(compose(rows, full_steps), title)

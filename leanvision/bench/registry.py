@@ -28,8 +28,11 @@ class Case:
     """One timed row.
 
     ``fn`` is called repeatedly and timed; ``items`` is how many ``unit``s one call processes,
-    so throughput is ``items / median``. Within a ``group``, every case is compared with the
-    case marked ``baseline``. ``metrics`` are extra columns measured once (MACs, PSNR, memory).
+    so throughput is ``items / median``. Within a ``group``, every case is timed in turn with
+    the case marked ``baseline`` (A B A B ...). ``metrics`` are extra columns measured once
+    (MACs, PSNR, memory). ``compute_ratio``: the case's FLOPs (or MACs) over its baseline's,
+    when known; a speedup above ``1 / compute_ratio`` is flagged as noise. ``setup`` runs,
+    untimed, before the warm-up and before every sample (e.g. switching a shared model's patch).
     """
 
     name: str
@@ -39,6 +42,8 @@ class Case:
     group: str = ""
     baseline: bool = False
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compute_ratio: float | None = None
+    setup: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from leanvision.bench.runner import Timing
+from leanvision.bench.runner import PairedRatio, Timing
 
 
 def _format_metric(value: Any) -> str:
@@ -17,24 +17,50 @@ def _format_metric(value: Any) -> str:
     return str(value)
 
 
+def _ratio_cells(t: Timing) -> list[str]:
+    """``vs baseline`` and ``ratio IQR``: the median of per-pair ratios and its quartiles
+    (``n=K`` instead when there were fewer than ``MIN_SPREAD_SAMPLES`` pairs)."""
+    if t.speedup is None:
+        return ["-", "-"]
+    if t.baseline:
+        return ["baseline", ""]
+    ratio = PairedRatio(t.speedup, t.speedup_low, t.speedup_high, t.repeats)
+    return [f"{t.speedup:.2f}x", ratio.interval()]
+
+
+def _bound_cells(t: Timing) -> list[str]:
+    """``bound`` (1 / FLOPs or MACs ratio) and ``check``: noise when the speedup exceeds it."""
+    if t.bound is None:
+        return ["", ""]
+    return [f"<={t.bound:.2f}x", "NOISE: above bound" if t.above_bound else "ok"]
+
+
 def format_table(timings: Sequence[Timing]) -> str:
-    """A fixed-width table, one row per case, grouped as the suites yielded them."""
+    """A fixed-width table, one row per case, grouped as the suites yielded them.
+
+    ``spread`` is the interquartile range over the median, ``-`` for fewer than
+    ``MIN_SPREAD_SAMPLES`` samples (``n``); ``vs baseline`` is the median of the per-pair
+    ratios (case and baseline timed in turn) and ``ratio IQR`` their quartiles; ``bound`` and
+    ``check`` appear when a case knows its FLOPs/MACs ratio.
+    """
     metric_names: list[str] = []
     for timing in timings:
         metric_names += [name for name in timing.metrics if name not in metric_names]
-    header = ["suite", "group", "case", "ms/call", "spread", "throughput", "vs baseline"]
-    header += metric_names
+    bounded = any(t.bound is not None for t in timings)
+    header = ["suite", "group", "case", "ms/call", "spread", "n", "throughput", "vs baseline"]
+    header += ["ratio IQR"] + (["bound", "check"] if bounded else []) + metric_names
     rows = [header]
     for t in timings:
-        speedup = "-" if t.speedup is None else ("baseline" if t.baseline else f"{t.speedup:.2f}x")
         row = [
             t.suite,
             t.group,
             t.case,
             f"{t.median_s * 1e3:.3f}",
-            f"±{t.spread * 100:.1f}%",
+            "-" if t.spread is None else f"±{t.spread * 100:.1f}%",
+            str(t.repeats),
             f"{t.throughput:.4g} {t.unit}/s",
-            speedup,
+            *_ratio_cells(t),
+            *(_bound_cells(t) if bounded else []),
         ]
         row += [
             _format_metric(t.metrics[name]) if name in t.metrics else "" for name in metric_names

@@ -3,9 +3,12 @@ a tiny pipeline (MACs ratio, fidelity columns, a timed run through the runner)."
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import diffusers as df
+import numpy as np
 import pytest
 import torch
 
@@ -94,6 +97,29 @@ def test_cases_report_macs_and_fidelity_against_the_baseline():
     # LCM: 4 steps without CFG against 6 steps with it.
     assert by_name["lcm 4 steps (few_step)"].metrics["macs_ratio"] < 0.5
 
-    timings = run_cases("diffusion", cases[:2], warmup=0, repeat=1)
-    assert timings[0].speedup == 1.0 and timings[1].speedup > 0
-    assert timings[1].metrics["macs_ratio"] == by_name["tome r=0.5"].metrics["macs_ratio"]
+    assert by_name["tome r=0.5"].compute_ratio == by_name["tome r=0.5"].metrics["macs_ratio"]
+    assert by_name["baseline"].compute_ratio is None
+
+
+def test_whole_pipeline_calls_alternate_with_the_baseline_and_meet_the_macs_bound():
+    cases = list(itertools.islice(suite.scenario_cases(tiny_scenario(), "cpu"), 2))
+    calls = []
+
+    def logged(case):
+        def call():
+            calls.append(case.name)
+            return case.fn()
+
+        return dataclasses.replace(case, fn=call)
+
+    base, tome = run_cases("diffusion", [logged(c) for c in cases], warmup=0, repeat=3)
+    assert calls[-6:] == ["baseline", "tome r=0.5"] * 3  # A B A B A B after calibration
+    assert base.speedup == 1.0 and base.bound is None and base.repeats == 3
+    pairs = np.array(tome.paired_baseline_s) / np.array(tome.samples_s)
+    assert tome.paired_baseline_s == base.samples_s
+    assert tome.speedup == pytest.approx(np.median(pairs))
+    assert (tome.speedup_low, tome.speedup_high) == pytest.approx(
+        (np.percentile(pairs, 25), np.percentile(pairs, 75))
+    )
+    assert tome.bound == pytest.approx(1 / cases[1].metrics["macs_ratio"])
+    assert tome.above_bound == (tome.speedup > tome.bound)

@@ -1,6 +1,8 @@
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from leanvision.bench import BenchOptions, get_suite, run_cases, write_json
@@ -39,8 +41,30 @@ def quick_cases(one_thread):
 
 
 @pytest.fixture(scope="module")
-def timings(quick_cases):
-    return run_cases("vlm", quick_cases, BenchOptions(quick=True), warmup=0, repeat=1)
+def recorded(quick_cases):
+    """The cases timed by the runner (2 pairs each), recording the KV-cache length of the last
+    layer every timed call of a case left behind: one value per case if its own patch was
+    always in place (in-LLM methods prune after layer 0, so the last layer tells)."""
+    lengths: dict[str, list[int]] = {}
+
+    def recording(case):
+        def call():
+            output = case.fn()
+            cache = tf_compat.output_cache(output)
+            key = f"{case.group} / {case.name}"
+            lengths.setdefault(key, []).append(cache.get_seq_length(len(cache.layers) - 1))
+            return output
+
+        return dataclasses.replace(case, fn=call)
+
+    cases = [recording(case) for case in quick_cases]
+    timings = run_cases("vlm", cases, BenchOptions(quick=True), warmup=0, repeat=2)
+    return timings, lengths
+
+
+@pytest.fixture(scope="module")
+def timings(recorded):
+    return recorded[0]
 
 
 def test_vlm_suite_is_registered_but_not_a_default():
@@ -114,11 +138,12 @@ def test_compressed_rows_report_fewer_tokens_flops_and_cache(quick_cases):
         assert 0 < metrics["FLOPs ratio"] < 1 and metrics["GFLOPs"] < base["GFLOPs"], case.name
         assert 0 < metrics["KV MiB"] < base["KV MiB"], case.name
         assert metrics["decode tok/s"] > 0 and math.isfinite(metrics["decode vs base"])
+        assert metrics["decode IQR"] == "n=1", case.name  # TINY.repeats pairs: no interval
+        assert case.compute_ratio == metrics["FLOPs ratio"], case.name
         method = case.name.split(" @")[0]
         if method in IN_LLM:  # early layers still see every visual token
             assert metrics["avg visual/layer"] > metrics["visual tokens"], case.name
-        has_bound = method in PRE_LLM and method != "pool"
-        assert ("scoring<=%base" in metrics) == has_bound, case.name
+        assert not any("scoring" in name for name in metrics), case.name
     pre_llm_image = [
         c for c in quick_cases if "image" in c.group and c.name.split(" @")[0] in PRE_LLM
     ]
@@ -126,29 +151,75 @@ def test_compressed_rows_report_fewer_tokens_flops_and_cache(quick_cases):
     assert {c.metrics["visual tokens"] for c in pre_llm_image} == {64}
 
 
-def test_runner_computes_ratios_and_writes_json(timings, quick_cases, tmp_path):
-    assert len(timings) == len(quick_cases)
-    for timing in timings:
-        assert timing.speedup is not None and timing.speedup > 0
-        assert timing.throughput > 0
+def test_every_timed_call_ran_with_its_own_patch(recorded, quick_cases):
+    # The runner alternates each row with the baseline on the same model: a row whose setup
+    # did not switch the patch back would leave another row's cache length.
+    _timings, lengths = recorded
+    per_group = {}
+    for case in quick_cases:
+        seen = set(lengths[f"{case.group} / {case.name}"])
+        assert len(seen) == 1, (case.group, case.name, seen)
+        per_group.setdefault(case.group, {})[case.name] = seen.pop()
+    for group, seq in per_group.items():
+        assert all(seq[BASELINE] > n for name, n in seq.items() if name != BASELINE), group
+
+
+def test_ratios_are_pair_medians_checked_against_the_flops_bound(timings, quick_cases, tmp_path):
+    assert [t.case for t in timings] == [c.name for c in quick_cases]
+    for timing, case in zip(timings, quick_cases, strict=True):
         if timing.baseline:
-            assert timing.speedup == pytest.approx(1.0)
+            others = sum(c.group == case.group and not c.baseline for c in quick_cases)
+            assert timing.speedup == 1.0 and timing.bound is None
+            assert timing.repeats == 2 * others  # its samples from every pair of its group
+            continue
+        assert timing.repeats == 2 and timing.spread is None and timing.speedup_low is None
+        pairs = np.array(timing.paired_baseline_s) / np.array(timing.samples_s)
+        assert timing.speedup == pytest.approx(np.median(pairs)), timing.case
+        assert timing.bound == pytest.approx(1 / case.metrics["FLOPs ratio"]), timing.case
+        assert timing.above_bound == (timing.speedup > timing.bound), timing.case
     path = write_json(timings, tmp_path / "vlm.json", {"device": "cpu"}, {"quick": True})
     rows = json.loads(path.read_text())["results"]
     assert [row["case"] for row in rows] == [t.case for t in timings]
     assert all("visual tokens" in row["metrics"] for row in rows)
+    assert [row["above_bound"] for row in rows] == [t.above_bound for t in timings]
 
 
 def test_cases_switch_patches_so_any_order_runs(quick_cases):
-    # Timing order is the runner's business: a case must apply its own method whatever ran
+    # Timing order is the runner's business: a case's setup must apply its own method whatever ran
     # before it, and the baseline must run unpatched after a compressed case.
     image = [case for case in quick_cases if "image" in case.group]
     baseline = next(case for case in image if case.baseline)
     fastv = next(case for case in image if case.name.startswith("fastv"))
     pool = next(case for case in image if case.name.startswith("pool"))
-    seq = {
-        name: tf_compat.output_cache(case.fn()).get_seq_length()
-        for name, case in (("fastv", fastv), ("base", baseline), ("pool", pool))
-    }
+
+    def run(case):
+        case.setup()
+        return tf_compat.output_cache(case.fn()).get_seq_length()
+
+    seq = {name: run(case) for name, case in (("fastv", fastv), ("base", baseline), ("pool", pool))}
     assert seq["pool"] < seq["base"]
-    assert tf_compat.output_cache(baseline.fn()).get_seq_length() == seq["base"]
+    assert run(baseline) == seq["base"]
+
+
+def test_decode_is_measured_in_turn_with_the_baseline(monkeypatch):
+    # A stand-in workload: what _decode_pairs measures is which patch is on, in which order.
+    from leanvision.bench.suites import vlm as suite
+
+    class Patches:
+        key = "unset"
+
+        def use(self, method, options):
+            self.key = method
+
+    work = suite._Workload("g", None, {}, Patches(), 1, "cpu")
+    calls = []
+
+    def decode_seconds(work, new_tokens):
+        calls.append(work.patches.key)
+        return float(len(calls))
+
+    monkeypatch.setattr(suite, "_decode_seconds", decode_seconds)
+    config = dataclasses.replace(TINY, repeats=3)
+    base, own = suite._decode_pairs(work, ("pool", {"keep": 0.5}), config)
+    assert calls == [None, "pool"] * 4  # a warm-up pair, then 3 pairs
+    assert (base, own) == ([3.0, 5.0, 7.0], [4.0, 6.0, 8.0])

@@ -34,8 +34,9 @@ _QWEN_MEDIA_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 
 
 class Patches:
-    """At most one compression applied to a model. A case switches to its own on its first
-    call, so the timed calls after the runner's warm-up are plain (patched) forwards."""
+    """At most one compression applied to a model. A case switches to its own in its
+    ``setup``, which the runner calls untimed before every sample, so the timed calls are
+    plain (patched) forwards even though every row alternates with the baseline."""
 
     def __init__(self, model: Any):
         self.model = model

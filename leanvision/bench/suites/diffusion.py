@@ -8,9 +8,12 @@ reduced width, 256x256 and fewer steps (``quick``: smaller still), or with ``ful
 full-size models and 50 steps at 256x256. ``quick`` also keeps only the issue's target
 settings. Every row reports:
 
-* ``vs baseline``: the runner's latency ratio (the speedup);
+* ``vs baseline``: the runner's latency ratio (the speedup), the median of per-pair ratios of
+  whole pipeline calls timed in turn with the baseline's, and ``ratio IQR`` its quartiles;
 * ``macs_ratio`` / ``GMACs/img``: MACs of the denoising loop (``torch.utils.flop_counter``;
   on the CPU attention runs through the math SDPA backend while counting, so it is seen);
+  ``macs_ratio`` is the case's ``compute_ratio``: a speedup above ``1 / macs_ratio`` (the
+  ``bound`` column) is flagged as noise;
 * ``psnr`` / ``ssim``: fidelity of the decoded images to the baseline's, same noise;
 * ``latent_err``: relative L2 distance of the final latents to the baseline's;
 * ``peak_GB``: peak CUDA memory of one call (GPU only).
@@ -324,6 +327,7 @@ def _case(
         group=scenario.group,
         baseline=base is None,
         metrics=metrics,
+        compute_ratio=None if base is None else metrics["macs_ratio"],
     )
     return case, result
 

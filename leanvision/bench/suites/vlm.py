@@ -2,7 +2,10 @@
 
 One row per model x input (image, or a 16-frame video) x batch x method x budget. The timed
 call is one prefill (``model(**inputs, logits_to_keep=1)``, what ``generate`` runs first); the
-row named ``uncompressed`` is each group's baseline, so "vs baseline" is the prefill speedup.
+row named ``uncompressed`` is each group's baseline, so "vs baseline" is the prefill speedup
+(the runner times each row in turn with it, and switches the patch untimed, in ``setup``).
+Each row's ``FLOPs ratio`` is its ``compute_ratio``: a prefill speedup above ``1 / FLOPs
+ratio`` (the vision tower is not counted, so the bound is loose) is flagged as noise.
 Budgets are written ``@N``: keep ``N / 576`` of every image's (video frame's) visual tokens,
 i.e. N of LLaVA-1.5's 576. In-LLM methods keep N visual tokens after their last stage (the
 KV cache decoding reads); their average over layers is the ``avg visual/layer`` column.
@@ -12,13 +15,15 @@ Extra columns, measured once per row while the suite is built:
 - ``visual tokens``: per prompt, after compression; ``GFLOPs``/``FLOPs ratio``: estimated
   prefill FLOPs of the language model for the whole batch (``leanvision.vlm.flops``);
 - ``decode tok/s``: generated tokens per second after the first token (``generate`` with
-  ``new_tokens`` tokens, step times from a streamer), and ``decode vs base``;
+  ``new_tokens`` tokens, step times from a streamer); ``decode vs base``: the median of
+  per-pair ratios, each method's ``generate`` run in turn with the uncompressed one
+  (``repeats`` pairs after a warm-up pair), and ``decode IQR`` their quartiles (``n=K`` under 3);
 - ``KV MiB``: the KV cache after prefill (every device); ``prefill MiB`` (CUDA only): peak
-  memory allocated during one prefill above what was allocated before it (weights excluded);
-- ``scoring<=%base``: an upper bound on the scoring/selection cost of a pre-LLM method, the
-  prefill time of the method minus ``pool`` at the same budget (same sequence length, no
-  scoring), measured in interleaved pairs, in % of the uncompressed prefill. leanvision does
-  not time its scoring step separately, so this is a bound, not a measurement.
+  memory allocated during one prefill above what was allocated before it (weights excluded).
+
+The scoring/selection cost of pre-LLM methods is not a column: leanvision does not time its
+scoring step apart from the prefill, and the difference of two noisy prefill medians that
+stood in for it read 0 even for methods that capture ViT attention.
 
 Models: on the CPU, ``vlm_shaped("llava-1.5-7b")`` (images) and ``"llava-onevision-7b"``
 (video) narrowed and shortened (real token counts: 576 per image, 196 per video frame); on
@@ -32,6 +37,7 @@ a local checkpoint loaded with ``AutoModelForImageTextToText``/``AutoProcessor``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -42,7 +48,7 @@ from typing import Any
 import torch
 
 from leanvision.bench.registry import BenchOptions, Case, register_benchmark
-from leanvision.bench.runner import call_seconds
+from leanvision.bench.runner import alternate, paired_ratio
 from leanvision.bench.suites._vlm_models import Patches, build_model, make_inputs
 from leanvision.compat import transformers as tf_compat
 
@@ -68,7 +74,7 @@ class VLMBenchConfig:
 
     ``image_model``/``video_model``: a ``REAL_SHAPES`` name (built by ``vlm_shaped`` at
     ``scales``/``video_scales`` = (width, depth)) or a checkpoint path; None skips that input.
-    ``repeats``: samples of each once-per-row measurement (decode rate, scoring bound).
+    ``repeats``: interleaved pairs (after a warm-up pair) of the decode measurement.
     """
 
     image_model: str | None = "llava-1.5-7b"
@@ -81,7 +87,7 @@ class VLMBenchConfig:
     video_methods: tuple[str, ...] = ("pool", "visionzip", "fastv", *VIDEO_ONLY)
     batches: tuple[int, ...] = (1,)
     new_tokens: int = 8
-    repeats: int = 2
+    repeats: int = 3
     prompt_words: int = 40
 
 
@@ -197,24 +203,37 @@ class _StepClock:
         pass
 
 
-def _decode_rate(work: _Workload, new_tokens: int, repeats: int) -> float:
-    """Tokens per second (all rows) of the decode steps, the prompt and first token excluded."""
-    rates = []
-    for attempt in range(repeats + 1):  # the first run warms up
-        clock = _StepClock()
-        with torch.no_grad():
-            work.model.generate(
-                **work.inputs,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                streamer=clock,
-            )
-        # put() #0 is the prompt, #1 the first token (after prefill), then one per step
-        if attempt and len(clock.times) > 2:
-            steps = len(clock.times) - 2
-            rates.append(work.batch * steps / (clock.times[-1] - clock.times[1]))
-    return statistics.median(rates) if rates else float("nan")
+def _decode_seconds(work: _Workload, new_tokens: int) -> float:
+    """Seconds per generated token (all rows) of the decode steps of one ``generate``, the
+    prompt and the first token excluded; NaN when fewer than two steps were decoded."""
+    clock = _StepClock()
+    with torch.no_grad():
+        work.model.generate(
+            **work.inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            streamer=clock,
+        )
+    # put() #0 is the prompt, #1 the first token (after prefill), then one per step
+    steps = len(clock.times) - 2
+    if steps < 1:
+        return float("nan")
+    return (clock.times[-1] - clock.times[1]) / (work.batch * steps)
+
+
+def _decode_pairs(
+    work: _Workload, target: tuple, config: VLMBenchConfig
+) -> tuple[list[float], list[float]]:
+    """Seconds per decoded token of the uncompressed model and of ``target``, measured in turn:
+    ``config.repeats`` pairs after a warm-up pair."""
+
+    def measure(method: str | None, options: dict) -> float:
+        work.patches.use(method, options)
+        return _decode_seconds(work, config.new_tokens)
+
+    base, own = alternate(lambda: measure(None, {}), lambda: measure(*target), config.repeats + 1)
+    return base[1:], own[1:]
 
 
 def _cache_mib(cache: Any) -> float:
@@ -238,19 +257,6 @@ def _memory(work: _Workload) -> dict[str, float]:
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     return {"KV MiB": _cache_mib(tf_compat.output_cache(output)), "prefill MiB": peak}
-
-
-def _paired_excess(work: _Workload, method: tuple, reference: tuple, repeats: int) -> float:
-    """Median over interleaved pairs of prefill(method) - prefill(reference), in seconds."""
-    differences = []
-    for attempt in range(repeats + 1):
-        times = []
-        for name, options in (method, reference):
-            work.patches.use(name, options)
-            times.append(call_seconds(work.prefill, work.device))
-        if attempt:  # the first pair warms both up after the patch switches
-            differences.append(times[0] - times[1])
-    return statistics.median(differences)
 
 
 def _baseline_facts(work: _Workload) -> dict[str, float]:
@@ -284,11 +290,8 @@ def _workload_cases(
     depth = len(get_adapter(work.model).decoder_layers(work.model))
     work.patches.use(None, {})
     base = _baseline_facts(work) | {"FLOPs ratio": 1.0} | _memory(work)
-    base_decode = _decode_rate(work, config.new_tokens, config.repeats)
-    base_seconds = statistics.median(
-        call_seconds(work.prefill, work.device) for _ in range(config.repeats)
-    )
-    base |= {"decode tok/s": base_decode, "decode vs base": 1.0}
+    decode = [_decode_seconds(work, config.new_tokens) for _ in range(config.repeats + 1)]
+    base |= {"decode tok/s": 1 / statistics.median(decode[1:]), "decode vs base": 1.0}
     yield _case(work, BASELINE, (None, {}), base, baseline=True)
     plan = [(m, None) for m in methods if m in UNBUDGETED]
     plan += [(m, b) for b in config.budgets for m in methods if m not in UNBUDGETED]
@@ -299,12 +302,13 @@ def _workload_cases(
             handle = work.patches.use(*target)
             memory = _memory(work)  # its prefill also fills handle.stats
             metrics = _method_facts(handle.stats, work.batch, base) | memory
-            rate = _decode_rate(work, config.new_tokens, config.repeats)
-            metrics |= {"decode tok/s": rate, "decode vs base": rate / base_decode}
-            if target[0] in PRE_LLM and target[0] != "pool":
-                pool = method_options("pool", budget, depth)
-                excess = _paired_excess(work, target, pool, config.repeats)
-                metrics["scoring<=%base"] = 100 * max(0.0, excess) / base_seconds
+            base_decode, decode = _decode_pairs(work, target, config)
+            ratio = paired_ratio(base_decode, decode)
+            metrics |= {
+                "decode tok/s": 1 / statistics.median(decode),
+                "decode vs base": ratio.median,
+                "decode IQR": ratio.interval(),
+            }
         except (ValueError, TypeError, UnsupportedModelError) as error:
             work.patches.use(None, {})
             warnings.warn(f"vlm benchmark: skipping {work.group} / {label}: {error}", stacklevel=2)
@@ -313,20 +317,18 @@ def _workload_cases(
 
 
 def _case(work: _Workload, name: str, target: tuple, metrics: dict, baseline: bool = False) -> Case:
-    method, options = target
-
-    def prefill() -> Any:
-        work.patches.use(method, options)
-        return work.prefill()
-
+    # The patch is switched in setup (untimed), before every sample: the runner alternates
+    # each row with the baseline, which shares the model.
     return Case(
         name=name,
-        fn=prefill,
+        fn=work.prefill,
+        setup=functools.partial(work.patches.use, *target),
         items=work.batch,
         unit="prompts",
         group=work.group,
         baseline=baseline,
         metrics=metrics,
+        compute_ratio=None if baseline else metrics["FLOPs ratio"],
     )
 
 
