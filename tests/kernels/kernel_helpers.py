@@ -38,10 +38,10 @@ def padding_from_lengths(lengths, keys: int, left: bool = False) -> torch.Tensor
     return padding.flip(-1) if left else padding
 
 
-def explicit_probs(q, k, *, causal=False, scale=None, key_padding_mask=None) -> torch.Tensor:
-    """The full (B, Hq, Lq, Lk) softmax matrix in float64, built the obvious way (test oracle).
+def explicit_logits(q, k, *, causal=False, scale=None, key_padding_mask=None) -> torch.Tensor:
+    """The (B, Hq, Lq, Lk) scaled logits in float64, -inf where a key is not allowed.
 
-    GQA heads are repeated; causal is bottom-right aligned; rows with no allowed key are 0.
+    GQA heads are repeated; causal is bottom-right aligned.
     """
     q, k = q.double(), k.double()
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -54,8 +54,13 @@ def explicit_probs(q, k, *, causal=False, scale=None, key_padding_mask=None) -> 
     allowed = allowed[None, None]
     if key_padding_mask is not None:
         allowed = allowed & ~key_padding_mask[:, None, None, :]
-    probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-    return torch.nan_to_num(probs, nan=0.0)
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def explicit_probs(q, k, **kwargs) -> torch.Tensor:
+    """The full (B, Hq, Lq, Lk) softmax matrix in float64, built the obvious way (test oracle);
+    rows with no allowed key are 0."""
+    return torch.nan_to_num(explicit_logits(q, k, **kwargs).softmax(-1), nan=0.0)
 
 
 def explicit_attention(q, k, v, **kwargs) -> torch.Tensor:
@@ -64,20 +69,9 @@ def explicit_attention(q, k, v, **kwargs) -> torch.Tensor:
     return explicit_probs(q, k, **kwargs) @ v
 
 
-def explicit_lse(q, k, *, causal=False, scale=None, key_padding_mask=None) -> torch.Tensor:
+def explicit_lse(q, k, **kwargs) -> torch.Tensor:
     """Float64 (B, Hq, Lq) log-sum-exp of the scaled, masked logits (-inf for empty rows)."""
-    q, k = q.double(), k.double()
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    queries, keys = q.shape[2], k.shape[2]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = (q @ k.transpose(-1, -2)) * scale
-    allowed = torch.ones(queries, keys, dtype=torch.bool)
-    if causal:
-        allowed = torch.arange(keys)[None] <= torch.arange(queries)[:, None] + (keys - queries)
-    allowed = allowed[None, None]
-    if key_padding_mask is not None:
-        allowed = allowed & ~key_padding_mask[:, None, None, :]
-    return logits.masked_fill(~allowed, float("-inf")).logsumexp(-1)
+    return explicit_logits(q, k, **kwargs).logsumexp(-1)
 
 
 def explicit_linear_attention(q, k, v, eps: float = 1e-5) -> torch.Tensor:
