@@ -32,6 +32,7 @@ __all__ = [
     "cache_apply_function",
     "cache_config_class",
     "context_name",
+    "drop_registry",
     "forget_child_registries",
     "own_registry",
     "registry",
