@@ -11,7 +11,8 @@ Prints the table and writes it to ``benchmarks/results/diffusion-<device>.txt`` 
 rows, with the environment, to ``diffusion-<device>.json`` (or to ``--out``).
 
 Run: ``python benchmarks/diffusion.py --quick`` (CPU smoke run) or
-``python benchmarks/diffusion.py --device cuda --dtype fp16``.
+``python benchmarks/diffusion.py --device cuda --dtype fp16``; ``--only CASE`` (repeatable)
+times just those rows, each with its group's baseline.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from leanvision.bench import BenchOptions, run_cases
     from leanvision.bench.script import device_missing, resolve_dtype, save_results, suite_parser
-    from leanvision.bench.suites.diffusion import diffusion_suite
+    from leanvision.bench.suites.diffusion import CASE_NAMES, diffusion_suite
 
     parser = suite_parser(
         __doc__.splitlines()[0],
@@ -35,12 +36,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="on a CPU too: the full-size SD 1.5 UNet and DiT-XL/2 with 50 DDIM steps, at 256x256",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CASE_NAMES,
+        metavar="CASE",
+        help="time only this case, with its group's baseline (repeat for more); one of: "
+        + ", ".join(CASE_NAMES),
+    )
     args = parser.parse_args(argv)
     if device_missing(args):
         return 2
     dtype = resolve_dtype(args, cpu="fp32", cuda="fp16")
     options = BenchOptions(
-        device=args.device, dtype=dtype, quick=args.quick, model=args.model, full=args.full
+        device=args.device,
+        dtype=dtype,
+        quick=args.quick,
+        model=args.model,
+        full=args.full,
+        only=tuple(args.only) if args.only else None,
     )
     timings = run_cases(
         "diffusion", diffusion_suite(options), options, warmup=args.warmup, repeat=args.repeat

@@ -14,13 +14,15 @@ import torch
 class BenchOptions:
     """Settings every suite receives. ``quick`` asks for smaller sizes (CI, smoke runs);
     ``full`` asks for the GPU's full-size models and schedules on any device (suites that
-    scale down on a CPU say how they honour it)."""
+    scale down on a CPU say how they honour it). ``only``: the case names to time, each with
+    its group's baseline (None: every case; the suites that honour it say so)."""
 
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     quick: bool = False
     model: str | None = None
     full: bool = False
+    only: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass

@@ -123,3 +123,38 @@ def test_whole_pipeline_calls_alternate_with_the_baseline_and_meet_the_macs_boun
     )
     assert tome.bound == pytest.approx(1 / cases[1].metrics["macs_ratio"])
     assert tome.above_bound == (tome.speedup > tome.bound)
+
+
+def test_only_keeps_the_named_cases_and_skips_groups_without_any(monkeypatch):
+    built = []
+
+    def fake(name, settings, few_step):
+        def build(options):
+            built.append(name)
+            return suite.Scenario(name, None, dict, list(settings), few_step=few_step)
+
+        return build
+
+    monkeypatch.setattr(suite, "sd15_scenario", fake("sd", suite.SD_SETTINGS, True))
+    monkeypatch.setattr(suite, "dit_scenario", fake("dit", suite.DIT_SETTINGS, False))
+    chosen = []
+    monkeypatch.setattr(
+        suite, "scenario_cases", lambda scenario, device: chosen.append(scenario) or []
+    )
+    only = ("deepcache interval=5 + tome r=0.5", suite.LCM_CASE)
+    list(suite.diffusion_suite(BenchOptions(only=only)))
+    assert built == ["sd", "dit"] and [s.group for s in chosen] == ["sd"]
+    assert [label for label, _ in chosen[0].settings] == [only[0]] and chosen[0].few_step
+    chosen.clear()
+    list(suite.diffusion_suite(BenchOptions(only=("residual (default)",))))
+    assert [(s.group, [label for label, _ in s.settings], s.few_step) for s in chosen] == [
+        ("sd", ["residual (default)"], False),
+        ("dit", ["residual (default)"], False),
+    ]
+
+
+def test_the_script_refuses_an_unknown_case_name(capsys, load_benchmark):
+    script = load_benchmark("diffusion")
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--device", "cpu", "--only", "deepcache interval=4"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err

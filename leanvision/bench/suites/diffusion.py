@@ -49,6 +49,7 @@ QUICK_SETTINGS = (
     "residual (default)",
 )
 
+LCM_CASE = "lcm 4 steps (few_step)"
 _TOME = ("tome", {"ratio": 0.5})
 SD_SETTINGS: tuple[Setting, ...] = (  # the SD 1.5 group's rows, after its baseline
     ("tome r=0.3", [("tome", {"ratio": 0.3})]),
@@ -61,6 +62,12 @@ SD_SETTINGS: tuple[Setting, ...] = (  # the SD 1.5 group's rows, after its basel
     ("residual (default)", [("residual", {})]),
     ("residual + tome r=0.5", [("residual", {}), _TOME]),
 )
+DIT_SETTINGS: tuple[Setting, ...] = (  # the DiT group's rows, after its baseline
+    ("tome r=0.5", [_TOME]),
+    ("residual (default)", [("residual", {})]),
+    ("residual + tome r=0.5", [("residual", {}), _TOME]),
+)
+CASE_NAMES = tuple(dict.fromkeys([label for label, _ in SD_SETTINGS + DIT_SETTINGS] + [LCM_CASE]))
 
 
 @dataclasses.dataclass
@@ -224,13 +231,7 @@ def dit_scenario(options: BenchOptions) -> Scenario:
             output_type="pt",
         )
 
-    settings: list[Setting] = [
-        ("tome r=0.5", [_TOME]),
-        ("residual (default)", [("residual", {})]),
-        ("residual + tome r=0.5", [("residual", {}), _TOME]),
-    ]
-    if options.quick:
-        settings = [s for s in settings if s[0] in QUICK_SETTINGS]
+    settings = [s for s in DIT_SETTINGS if not options.quick or s[0] in QUICK_SETTINGS]
     return Scenario(f"DiT {label} {image}px {steps} DDIM steps", pipe, make_inputs, settings)
 
 
@@ -341,7 +342,7 @@ def scenario_cases(scenario: Scenario, device: str) -> Iterator[Case]:
         yield _case(scenario, variant, base, device)[0]
     if scenario.few_step:
         variant = Variant(
-            "lcm 4 steps (few_step)",
+            LCM_CASE,
             lambda: few_step(scenario.pipe, "lcm", steps=4),
             own_schedule=True,
         )
@@ -352,7 +353,21 @@ def scenario_cases(scenario: Scenario, device: str) -> Iterator[Case]:
     "diffusion", "diffusion acceleration (tome, deepcache, residual, lcm): speed, MACs, PSNR/SSIM"
 )
 def diffusion_suite(options: BenchOptions) -> Iterable[Case]:
-    """Cases of the ``diffusion`` benchmark; fidelity and MACs are measured as they are built."""
+    """Cases of the ``diffusion`` benchmark; fidelity and MACs are measured as they are built.
+    With ``options.only``, just those cases and their baselines (a group with none of them is
+    not built)."""
     for build in (sd15_scenario, dit_scenario):
         scenario = build(options)
+        if options.only is not None:
+            scenario = select(scenario, options.only)
+            if not scenario.settings and not scenario.few_step:
+                continue
         yield from scenario_cases(scenario, options.device)
+
+
+def select(scenario: Scenario, names: Iterable[str]) -> Scenario:
+    """``scenario`` with only the settings (and LCM row) named in ``names``."""
+    names = set(names)
+    settings = [setting for setting in scenario.settings if setting[0] in names]
+    few_step = scenario.few_step and LCM_CASE in names
+    return dataclasses.replace(scenario, settings=settings, few_step=few_step)
