@@ -96,11 +96,14 @@ def _layers_run_on_a_cached_step(tiny, branch: int) -> list[str]:
 
 
 def test_deepcache_branches_are_the_reference_skip_branches(sd):
-    # DeepCache's branch 0 (the paper's and the reference code's default): a cached step runs
-    # conv_in, the last up layer (its resnet and attention) and conv_out; nothing else.
+    # Branch 0 (DeepCacheSDHelper's default cache_branch_id=0): a cached step runs conv_in,
+    # the last up layer (its resnet and attention) and conv_out; nothing else.
     last = f"up_blocks.{len(sd.model.unet.up_blocks) - 1}"
     assert _layers_run_on_a_cached_step(sd, 0) == [f"{last}.resnets.2", f"{last}.attentions.2"]
-    # Branch 1 also recomputes the first down layer and the up layer consuming its output.
+    # Branch 1, the default: the authors' SD code at cache_layer_id=0, cache_block_id=0 (the
+    # paper's SD 1.5 setting) also runs down block 0's first layer (exist_block_number=0
+    # stops it after one layer) and enters up block 3 at its second layer.
+    assert DeepCache().branch == 1
     assert _layers_run_on_a_cached_step(sd, 1) == [
         "down_blocks.0.resnets.0",
         "down_blocks.0.attentions.0",

@@ -3,9 +3,17 @@
 On a full step the whole UNet runs and every *deep* layer's output is kept; on the steps in
 between, the deep layers return their kept output without running and only the shallow skip
 branch is recomputed: ``conv_in``, the down layers before ``branch`` (none for branch 0), and
-the up layers from the one that consumes skip sample ``branch`` to the end. Branch 0, the
-paper's and the reference code's default, recomputes ``conv_in``, the last up layer (resnet +
-attention) and ``conv_out`` only. Layers are hooked one by one (diffusers ``ModelHook``s), so
+the up layers from the one that consumes skip sample ``branch`` to the end.
+
+Branch numbering, and the default. Our ``branch`` counts skip samples (0 = ``conv_in``'s
+output), as the ``cache_branch_id`` of the published ``DeepCacheSDHelper`` does (equal at
+every branch, ``tests/diffusion/test_cache_oracles.py``). The authors' original SD code
+names the same point by ``cache_layer_id``/``cache_block_id`` (down block, layer in it). The
+paper's SD 1.5 numbers were run with ``cache_layer_id=0, cache_block_id=0``: a cached step
+also recomputes the first layer of down block 0 and the last two up layers, which is our
+``branch=1``, the default here. ``DeepCacheSDHelper``'s default ``cache_branch_id=0`` is our
+``branch=0`` (``conv_in``, the last up layer and ``conv_out`` only): cheaper, more reuse.
+Layers are hooked one by one (diffusers ``ModelHook``s), so
 no UNet forward is copied.
 
 ControlNet rule: the ControlNet still runs every step. Its residuals are added by the UNet
@@ -57,11 +65,13 @@ class DeepCache(MethodConfig):
     """``interval``: one full step every ``interval`` steps (1 = no caching).
     ``branch``: the skip branch kept fresh, 0 = shallowest (``conv_in`` to the last up
     layer: cheapest, most reuse); branch ``b`` also recomputes the first ``b`` down layers.
+    Default 1: the paper's SD 1.5 setting (``cache_layer_id=0, cache_block_id=0`` in the
+    authors' code; ``cache_branch_id=1`` in ``DeepCacheSDHelper``).
     ``schedule``: ``"uniform"`` or ``"nonuniform"`` (full steps dense around ``center``, a
     fraction of the run, spread with exponent ``power``; DeepCache's 1:N strategy)."""
 
     interval: int = 3
-    branch: int = 0
+    branch: int = 1
     schedule: str = "uniform"
     center: float = 0.3
     power: float = 1.4
