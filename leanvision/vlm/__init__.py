@@ -23,7 +23,7 @@ _EXPORTS = {
     "BudgetConfig": "leanvision.vlm.methods",
     "VisionZip": "leanvision.vlm.methods",
     "PruMergePlus": "leanvision.vlm.methods",
-    "ToMe": "leanvision.vlm.methods",
+    "BipartiteMerge": "leanvision.vlm.methods",
     "DivPrune": "leanvision.vlm.methods",
     "RandomPrune": "leanvision.vlm.methods",
     "Pool": "leanvision.vlm.methods",

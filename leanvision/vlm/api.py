@@ -23,7 +23,8 @@ def compress(model: Any, method: str | MethodConfig, **config: Any) -> Handle:
     """Compress the visual tokens ``model`` (a transformers VLM) feeds its language model.
 
     ``method`` is a registered name (``"visionzip"``, ``"prumerge+"``, ``"tome"``,
-    ``"divprune"``, ``"random"``, ``"pool"``, ``"temporal"``, ``"progressive_pool"``, and the
+    ``"bipartite-merge"``, ``"divprune"``, ``"random"``, ``"pool"``, ``"temporal"``,
+    ``"progressive_pool"``, and the
     in-LLM ``"fastv"``, ``"pdrop"``, ``"sparsevlm"``) with its options as keywords, or a
     config instance. Returns a :class:`leanvision.Handle`; ``handle.remove()`` (or leaving a
     ``with`` block) restores the model bit for bit, and ``handle.stats`` reports tokens and

@@ -204,9 +204,11 @@ class PruMergePlus(BudgetConfig):
 
 
 @dataclasses.dataclass
-class ToMe(BudgetConfig):
-    """Token merging after the vision tower: bipartite soft matching on the keys of ViT block
-    ``layer`` (default: the features' block), repeated until the budget is met."""
+class BipartiteMerge(BudgetConfig):
+    """Post-hoc merging after the vision tower: ToMe's bipartite soft matching on the keys of
+    ViT block ``layer`` (default: the features' block), repeated on the projected features
+    until the budget is met. Not ToMe itself (which merges inside every ViT block: ``"tome"``,
+    :mod:`leanvision.vlm.tome`); kept as a cheap baseline that needs no ViT patching."""
 
     layer: int | None = None
 
@@ -263,7 +265,7 @@ def _register(name: str, config_class: type[BudgetConfig]) -> None:
 for _name, _config in (
     ("visionzip", VisionZip),
     ("prumerge+", PruMergePlus),
-    ("tome", ToMe),
+    ("bipartite-merge", BipartiteMerge),
     ("divprune", DivPrune),
     ("random", RandomPrune),
     ("pool", Pool),
@@ -274,11 +276,11 @@ for _name, _config in (
 from leanvision.vlm import video  # noqa: E402, F401
 
 __all__ = [
+    "BipartiteMerge",
     "BudgetConfig",
     "DivPrune",
     "Pool",
     "PruMergePlus",
     "RandomPrune",
-    "ToMe",
     "VisionZip",
 ]

@@ -48,7 +48,7 @@ def _check_video_model(name: str, model: Any, adapter: VLMAdapter) -> None:
         )
 
 
-IMAGE_THEN = "visionzip, prumerge+, tome, divprune, random, pool"
+IMAGE_THEN = "visionzip, prumerge+, bipartite-merge, divprune, random, pool"
 INLLM_THEN = "fastv, pdrop, sparsevlm"
 INLLM_CONFIGS = (FastV, PDrop, SparseVLM)
 

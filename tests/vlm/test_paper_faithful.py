@@ -108,7 +108,7 @@ def test_prumerge_plus_iqr_outliers_uniform_samples_and_knn_merge() -> None:
 def test_tome_bipartite_soft_matching_alternate_split() -> None:
     tiny, _cls, keys, features = vision_facts()
     count = 40  # one round: r = 24 <= |A| = 32
-    anchors, values = run_prellm(tiny, "tome", tokens=count)
+    anchors, values = run_prellm(tiny, "bipartite-merge", tokens=count)
     unit = F.normalize(keys, dim=-1)
     a, b = torch.arange(0, 64, 2), torch.arange(1, 64, 2)
     best, partner = (unit[a] @ unit[b].T).max(1)

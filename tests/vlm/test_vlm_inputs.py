@@ -23,7 +23,7 @@ def _untouched(tiny, before: torch.Tensor) -> None:
         ("pool", {"keep": 0.0}, "keep"),
         ("divprune", {"tokens": 65}, "tokens=65"),  # 64 tokens per image
         ("visionzip", {"layer": 2}, "layer=2"),  # the tower has 2 blocks
-        ("tome", {"layer": -3}, "layer=-3"),
+        ("bipartite-merge", {"layer": -3}, "layer=-3"),
         ("fastv", {"layer": 2}, "layer=2"),  # the language model has 2 layers
         ("pdrop", {"layers": (1, 5), "ratios": (0.5, 0.25)}, "depth"),
         ("sparsevlm", {"layers": (1,), "keep": (0.0,)}, "keep"),
@@ -97,7 +97,7 @@ def test_unsupported_model_lists_families() -> None:
 SELECTIONS = [
     ("llava", "visionzip", {"keep": 0.3}),
     ("llava", "prumerge+", {"keep": 0.3}),
-    ("llava", "tome", {"keep": 0.3}),
+    ("llava", "bipartite-merge", {"keep": 0.3}),
     ("qwen2_vl", "visionzip", {"keep": 0.3}),
     ("llava_onevision", "visionzip", {"keep": 0.3}),
     ("llava", "fastv", {"layer": 1, "keep": 0.25}),

@@ -31,7 +31,7 @@ IMAGE_FAMILIES = [name for name in FAMILIES if not name.endswith("_video")]
 IMAGE_METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "visionzip": ({"keep": 0.3}, {"keep": 1.0}),
     "prumerge+": ({"keep": 0.3}, {"keep": 1.0}),
-    "tome": ({"keep": 0.3}, {"keep": 1.0}),
+    "bipartite-merge": ({"keep": 0.3}, {"keep": 1.0}),
     "divprune": ({"keep": 0.3}, {"keep": 1.0}),
     "random": ({"keep": 0.3}, {"keep": 1.0}),
     "pool": ({"keep": 0.3}, {"keep": 1.0}),

@@ -54,7 +54,7 @@ from leanvision.compat import transformers as tf_compat
 
 REFERENCE_TOKENS = 576  # LLaVA-1.5's visual tokens per image: budgets are written against it
 BUDGETS = (192, 128, 64)
-PRE_LLM = ("visionzip", "prumerge+", "tome", "divprune", "random", "pool")
+PRE_LLM = ("visionzip", "prumerge+", "bipartite-merge", "divprune", "random", "pool")
 IN_LLM = ("fastv", "pdrop", "sparsevlm")
 VIDEO_ONLY = ("temporal", "temporal+visionzip", "progressive_pool")
 UNBUDGETED = ("temporal", "progressive_pool")  # their token count follows from the video
