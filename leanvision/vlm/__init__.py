@@ -27,6 +27,7 @@ _EXPORTS = {
     "DivPrune": "leanvision.vlm.methods",
     "RandomPrune": "leanvision.vlm.methods",
     "Pool": "leanvision.vlm.methods",
+    "Tome": "leanvision.vlm.tome",
     "Temporal": "leanvision.vlm.video",
     "ProgressivePool": "leanvision.vlm.video",
     "prefill_flops": "leanvision.vlm.flops",

@@ -70,17 +70,23 @@ def key_padding_from_mask(attention_mask: Any, batch: int, length: int) -> torch
 
 
 class ScoreRecorder:
-    """Listener that turns each attention call into per-key scores and head-mean keys.
+    """Listener that turns each attention call into per-key scores and keys.
 
     ``records`` holds, per call and per sequence, ``(scores (N,), keys (N, d))`` (either may be
     ``None`` when not requested). Sequences packed with ``cu_seq_lens_q`` (flash attention)
-    are split back into one record each.
+    are split back into one record each. ``heads="mean"``: per-head softmaxes averaged, keys
+    averaged over heads; ``heads="concat"``: one softmax over the logits of the concatenated
+    heads (``q . k`` over ``heads * head_dim``, scaled by its ``-1/2`` power), keys
+    concatenated over heads (``d = heads * head_dim``).
     """
 
-    def __init__(self, query: str, want_scores: bool, want_keys: bool):
+    def __init__(self, query: str, want_scores: bool, want_keys: bool, heads: str = "mean"):
+        if heads not in ("mean", "concat"):
+            raise ValueError(f"heads={heads!r} is not allowed; choose one of mean, concat")
         self.query = query  # "cls" or "all"
         self.want_scores = want_scores
         self.want_keys = want_keys
+        self.heads = heads
         self.records: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
 
     def __call__(
@@ -102,18 +108,53 @@ class ScoreRecorder:
     @torch.no_grad()
     def _record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any) -> None:
         batch, _heads, length, _dim = key.shape
+        if self.heads == "concat":
+            if key.shape[1] != query.shape[1]:  # grouped keys: one per query head
+                key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+            query, key = _concat_heads(query), _concat_heads(key)  # (B, 1, L, H * d)
         scores = None
         if self.want_scores:
             padding = key_padding_from_mask(mask, batch, length)
-            index = None
-            if self.query == "cls":
-                index = torch.zeros(batch, 1, dtype=torch.long, device=query.device)
-            scale = getattr(module, "scaling", None) or getattr(module, "scale", None)
-            scores = attention_scores(
-                query, key, scale=scale, query_index=index, key_padding_mask=padding
-            )
+            if self.heads == "concat":
+                scores = _one_head_scores(query, key, self.query == "cls", padding)
+            else:
+                index = None
+                if self.query == "cls":
+                    index = torch.zeros(batch, 1, dtype=torch.long, device=query.device)
+                scale = getattr(module, "scaling", None) or getattr(module, "scale", None)
+                scores = attention_scores(
+                    query, key, scale=scale, query_index=index, key_padding_mask=padding
+                )
         keys = key.float().mean(1) if self.want_keys else None
         for row in range(batch):
             self.records.append(
                 (None if scores is None else scores[row], None if keys is None else keys[row])
             )
+
+
+def _concat_heads(states: torch.Tensor) -> torch.Tensor:
+    """``(B, H, L, d)`` -> ``(B, 1, L, H * d)``: the projection's output before the head split."""
+    batch, heads, length, dim = states.shape
+    return states.transpose(1, 2).reshape(batch, 1, length, heads * dim)
+
+
+def _one_head_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cls_only: bool,
+    padding: torch.Tensor | None,
+    rows_per_chunk: int = 256,
+) -> torch.Tensor:
+    """``(B, L)`` softmax attention each key receives from one wide head ``(B, 1, L, C)``
+    (scale ``C**-0.5``): the CLS row, or the mean over all rows, ``rows_per_chunk`` rows at a
+    time (``attention_scores`` takes head widths up to 256; this is O(rows_per_chunk x L))."""
+    query, key = query[:, 0].float(), key[:, 0].float()
+    scale = query.shape[-1] ** -0.5
+    rows = query[:, :1] if cls_only else query
+    total = torch.zeros(key.shape[0], key.shape[1], device=key.device)
+    for start in range(0, rows.shape[1], rows_per_chunk):
+        logits = (rows[:, start : start + rows_per_chunk] @ key.transpose(1, 2)) * scale
+        if padding is not None:
+            logits = logits.masked_fill(padding[:, None, :], float("-inf"))
+        total += torch.nan_to_num(logits.softmax(dim=-1)).sum(1)
+    return total / rows.shape[1]

@@ -1,8 +1,10 @@
 """Mergers: fold the information of dropped tokens into kept ones.
 
-Each merger takes a unit's ``(n, D)`` features and returns ``(anchors, features)``: the kept
-token indices (sorted) and their new ``(k, D)`` features. Similarities use ViT keys (``(n, d)``)
-or the features themselves, always by cosine.
+Mergers take a unit's ``(n, D)`` values (projected features, or the projector's inputs when
+the merge happens before it) and return merged values, or ``(anchors, features)``: the slot
+indices (sorted) and ``(k, D)`` features. Similarities use ViT keys (``(n, d)``) or the
+features themselves, always by cosine. :func:`place` turns a method's ordered output into
+slots.
 """
 
 from __future__ import annotations
@@ -21,63 +23,96 @@ def keep_only(features: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor,
     return anchors, features[anchors]
 
 
-def contextual_merge(
-    features: torch.Tensor, keys: torch.Tensor, dominant: torch.Tensor, contextual: int
+def place(
+    sources: torch.Tensor, values: torch.Tensor, total: int, reorder: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """VisionZip: keep ``dominant`` tokens and merge the rest into ``contextual`` tokens.
+    """Slots for a method's output tokens, given in the method's own order.
 
-    The remaining tokens (in raster order) give ``contextual`` evenly strided targets (stride
-    ``remaining // contextual``); every other remaining token joins the target with the most
-    similar key (cosine), and each contextual token is its target plus the mean of the tokens
-    that joined it (the target alone when none did), as in VisionZip. It sits at its target's
-    position.
+    ``sources`` ``(k,)``: the unit token each output token stands for, ``-1`` for a token
+    made from several (VisionZip's CLS, PruMerge+'s extra token); ``values`` ``(k, D)``.
+    With ``reorder`` (renumbered positions) the tokens fill slots ``0..k-1`` in the given
+    order, so the LLM sees exactly that sequence. Otherwise each token sits at its source's
+    slot (raster order); ``-1`` tokens before the first sourced one take the first free slots,
+    the others the last free slots. Returns ``(anchors, features)``, anchors sorted.
+
+    >>> place(torch.tensor([5, -1]), torch.eye(2), 8, False)[0].tolist()
+    [5, 7]
+    >>> place(torch.tensor([5, -1]), torch.eye(2), 8, True)[0].tolist()
+    [0, 1]
     """
-    n = features.shape[0]
-    rest = complement(dominant, n)
-    anchors = [dominant]
-    new_features = [features[dominant]]
-    if contextual > 0 and rest.numel() > 0:
-        contextual = min(contextual, rest.numel())
-        step = max(1, rest.numel() // contextual)
-        target_slots = torch.arange(0, rest.numel(), step, device=features.device)[:contextual]
-        is_target = torch.zeros(rest.numel(), dtype=torch.bool, device=features.device)
-        is_target[target_slots] = True
-        targets, others = rest[is_target], rest[~is_target]
-        unit = F.normalize(keys.float(), dim=-1)
-        similarity = unit[others] @ unit[targets].T  # (others, targets)
-        assignment = similarity.argmax(dim=1)
-        sums = torch.zeros(targets.numel(), features.shape[1], device=features.device)
-        sums.index_add_(0, assignment, features[others].float())
-        counts = torch.zeros(targets.numel(), device=features.device)
-        counts.index_add_(0, assignment, torch.ones(others.numel(), device=features.device))
-        merged = features[targets].float() + sums / counts.clamp(min=1).unsqueeze(-1)
-        anchors.append(targets)
-        new_features.append(merged.to(features.dtype))
-    anchors_all = torch.cat(anchors)
-    order = torch.argsort(anchors_all)
-    return anchors_all[order], torch.cat(new_features)[order]
+    count = int(sources.numel())
+    device = values.device
+    if reorder:
+        return torch.arange(count, device=device), values
+    sources = sources.to(device)
+    real = sources >= 0
+    free = complement(sources[real], total).to(device)
+    synthetic = (~real).nonzero().squeeze(-1)
+    first_real = int(real.nonzero()[0]) if bool(real.any()) else count
+    leading = synthetic[synthetic < first_real]
+    trailing = synthetic[synthetic >= first_real]
+    slots = sources.clone()
+    slots[leading] = free[: leading.numel()]
+    if trailing.numel():
+        slots[trailing] = free[free.numel() - trailing.numel() :]
+    order = torch.argsort(slots)
+    return slots[order], values[order]
+
+
+def contextual_tokens(
+    values: torch.Tensor, keys: torch.Tensor, rest: torch.Tensor, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's contextual tokens from the ``rest`` (sorted) of a unit's tokens.
+
+    ``contextual`` targets are taken every ``len(rest) // contextual`` tokens of ``rest``
+    (raster order); every other token of ``rest`` joins the target with the most similar key
+    (cosine), and each contextual token is its target plus the mean of the tokens that joined
+    it (the target alone when none did). Returns ``(targets, merged)``: ``(c,)`` unit indices
+    and ``(c, D)`` float32 merged ``values``.
+    """
+    contextual = min(contextual, rest.numel())
+    if contextual <= 0:
+        return rest[:0], values.new_zeros(0, values.shape[1], dtype=torch.float32)
+    step = max(1, rest.numel() // contextual)
+    target_slots = torch.arange(0, rest.numel(), step, device=rest.device)[:contextual]
+    is_target = torch.zeros(rest.numel(), dtype=torch.bool, device=rest.device)
+    is_target[target_slots] = True
+    targets, others = rest[is_target], rest[~is_target]
+    unit = F.normalize(keys.float(), dim=-1)
+    assignment = (unit[others] @ unit[targets].T).argmax(dim=1)  # (others,)
+    sums = values.new_zeros(targets.numel(), values.shape[1], dtype=torch.float32)
+    sums.index_add_(0, assignment, values[others].float())
+    counts = torch.zeros(targets.numel(), device=values.device)
+    counts.index_add_(0, assignment, torch.ones(others.numel(), device=values.device))
+    return targets, values[targets].float() + sums / counts.clamp(min=1).unsqueeze(-1)
 
 
 def knn_weighted_merge(
-    features: torch.Tensor,
+    values: torch.Tensor,
     keys: torch.Tensor,
     scores: torch.Tensor,
     kept: torch.Tensor,
     neighbours: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PruMerge: each kept token adds its ``neighbours`` most key-similar other tokens,
-    weighted by their attention score: ``x_i + sum_j s_j x_j``."""
-    anchors = torch.sort(kept).values
+) -> torch.Tensor:
+    """PruMerge: each kept token (in the order of ``kept``) adds its ``neighbours`` most
+    key-similar (cosine) other tokens of the unit, kept or not, weighted by their attention
+    score: ``x_i + sum_j s_j x_j``. Returns ``(k, D)`` float32."""
     unit = F.normalize(keys.float(), dim=-1)
-    similarity = unit[anchors] @ unit.T  # (k, n)
-    similarity[torch.arange(anchors.numel()), anchors] = float("-inf")  # not itself
-    count = min(neighbours, features.shape[0] - 1)
+    similarity = unit[kept] @ unit.T  # (k, n)
+    similarity[torch.arange(kept.numel(), device=kept.device), kept] = float("-inf")
+    count = min(neighbours, values.shape[0] - 1)
     if count <= 0:
-        return anchors, features[anchors]
+        return values[kept].float()
     nearest = similarity.topk(count, dim=1).indices  # (k, count)
     weights = torch.nan_to_num(scores.float(), neginf=0.0)[nearest].unsqueeze(-1)
-    update = (features.float()[nearest] * weights).sum(1)
-    return anchors, (features[anchors].float() + update).to(features.dtype)
+    return values[kept].float() + (values.float()[nearest] * weights).sum(1)
+
+
+def weighted_sum(values: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(D,)`` float32 ``sum_j s_j x_j`` over ``index``: PruMerge's extra token, which holds
+    every token that was not kept, weighted by attention (weights are not normalised)."""
+    weights = torch.nan_to_num(scores.float(), neginf=0.0)[index]
+    return (values[index].float() * weights.unsqueeze(-1)).sum(0)
 
 
 def bipartite_soft_matching(

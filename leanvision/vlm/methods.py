@@ -13,7 +13,7 @@ Each config validates itself; ``apply`` installs the shared prefill hook
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,15 +31,29 @@ DEFAULT_KEEP = 0.25
 @dataclasses.dataclass
 class BudgetConfig(MethodConfig):
     """Shared budget fields. ``tokens``: tokens kept per image/frame; ``keep``: kept ratio;
-    neither: ``keep=0.25``. ``renumber``: give kept tokens consecutive positions (1-D RoPE
-    models only) instead of their original ones."""
+    neither: ``keep=0.25``. Image newlines (LLaVA-NeXT/OneVision) are never candidates: always
+    kept, never merged into, not counted in the budget.
+
+    ``renumber``: give the LLM's tokens consecutive positions instead of their original ones
+    (the output tokens then come in the method's own order, e.g. the paper's). ``None`` (the
+    default) means the method's paper setting (``paper_renumber``) on 1-D RoPE models, and
+    ``False`` on M-RoPE models (Qwen2-VL/2.5-VL): their positions are grid coordinates, which
+    cannot be renumbered (``True`` raises there)."""
 
     tokens: int | None = None
     keep: float | None = None
-    renumber: bool = False
+    renumber: bool | None = None
+
+    paper_renumber: ClassVar[bool] = False
 
     def validate(self) -> None:
-        check_budget(self.tokens, self.keep, self.renumber)
+        check_budget(self.tokens, self.keep, False if self.renumber is None else self.renumber)
+
+    def resolve_renumber(self, adapter: VLMAdapter) -> bool:
+        """Whether this model's prefill gets consecutive positions."""
+        if self.renumber is None:
+            return self.paper_renumber and not adapter.mrope
+        return self.renumber
 
     def budget(self, available: int) -> int:
         """Tokens kept out of ``available`` (at least 1, at most ``available``)."""
@@ -56,7 +70,7 @@ class BudgetConfig(MethodConfig):
         if self.renumber and adapter.mrope:
             raise ValueError(
                 f"renumber=True is not supported for {adapter.name} (M-RoPE positions are grid "
-                "coordinates); use the default renumber=False"
+                "coordinates); use renumber=False or None"
             )
         nominal = adapter.tokens_per_image(model)
         if self.tokens is not None and nominal is not None and self.tokens > nominal:
@@ -76,14 +90,22 @@ class BudgetConfig(MethodConfig):
 
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
         """``(anchors, features)`` for one segment: images as one unit, videos frame by frame
-        (tokens outside the frames, such as a closing newline, are kept)."""
+        (tokens outside the frames, such as a closing newline, are kept). ``fixed`` tokens
+        (newlines) stay as they are; the others form the unit, in raster order."""
         frames = segment.frame_slices if segment.kind == "video" else None
-        if not frames:
-            grid = segment.grid
-            if grid is not None and grid[0] * grid[1] != segment.num_tokens:
-                grid = None
-            return self.compress_one(_unit(segment, slice(0, segment.num_tokens), grid))
-        return compress_frames(segment, lambda unit, _index: self.compress_one(unit))
+        if frames:
+            return compress_frames(segment, lambda unit, _index: self.compress_one(unit))
+        if segment.fixed is None:
+            everything = torch.arange(segment.num_tokens, device=segment.features.device)
+            return self.compress_one(_unit(segment, everything, segment.grid, segment.reorder))
+        candidates = (~segment.fixed).nonzero().squeeze(-1).to(segment.features.device)
+        # tokens around fixed ones keep raster order: a newline still closes its row
+        anchors, values = self.compress_one(_unit(segment, candidates, segment.grid, False))
+        fixed = segment.fixed.nonzero().squeeze(-1).to(segment.features.device)
+        anchors_all = torch.cat([candidates[anchors.to(candidates.device)], fixed])
+        order = torch.argsort(anchors_all)
+        values_all = torch.cat([values, segment.features[fixed]])
+        return anchors_all[order], values_all[order]
 
     def compress_one(self, unit: Unit) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the budget to one unit; a budget covering every token changes nothing."""
@@ -96,12 +118,27 @@ class BudgetConfig(MethodConfig):
         raise NotImplementedError
 
 
-def _unit(segment: VisualSegment, span: slice, grid: tuple[int, int] | None) -> Unit:
+def _unit(
+    segment: VisualSegment,
+    index: torch.Tensor,
+    grid: tuple[int, ...] | None,
+    reorder: bool,
+    crop: int = 0,
+) -> Unit:
+    if grid is not None and (len(grid) != 2 or grid[0] * grid[1] != index.numel()):
+        grid = None
+    cls = segment.cls
+    if cls is not None and cls.dim() == 2:  # one per crop: the base crop stands for the image
+        cls = cls[crop]
     return Unit(
-        features=segment.features[span],
-        scores=None if segment.scores is None else segment.scores[span],
-        keys=None if segment.keys is None else segment.keys[span],
+        features=segment.features[index],
+        scores=None if segment.scores is None else segment.scores[index],
+        keys=None if segment.keys is None else segment.keys[index],
         grid=grid,
+        vision=None if segment.vision is None else segment.vision[index],
+        project=segment.project,
+        cls=cls,
+        reorder=reorder,
     )
 
 
@@ -109,16 +146,15 @@ def compress_frames(segment: VisualSegment, compress: Any) -> tuple[torch.Tensor
     """Run ``compress(unit, frame_index)`` on every frame of a video segment and join the
     results; tokens outside every frame are kept as they are."""
     anchors, features = [], []
+    device = segment.features.device
     covered = torch.zeros(segment.num_tokens, dtype=torch.bool)
     for index, span in enumerate(segment.frame_slices):
         covered[span] = True
-        grid = segment.grid
-        if grid is not None and grid[0] * grid[1] != span.stop - span.start:
-            grid = None
-        local, values = compress(_unit(segment, span, grid), index)
-        anchors.append(local.to(segment.features.device) + span.start)
+        tokens = torch.arange(span.start, span.stop, device=device)
+        local, values = compress(_unit(segment, tokens, segment.grid, segment.reorder), index)
+        anchors.append(local.to(device) + span.start)
         features.append(values)
-    extra = (~covered).nonzero().squeeze(-1).to(segment.features.device)
+    extra = (~covered).nonzero().squeeze(-1).to(device)
     anchors.append(extra)
     features.append(segment.features[extra])
     anchors_all = torch.cat(anchors)
@@ -133,13 +169,40 @@ def _check_layer(layer: int | None) -> None:
 
 @dataclasses.dataclass
 class VisionZip(BudgetConfig):
-    """VisionZip: dominant tokens by CLS attention (attention received without CLS) at ViT
-    block ``layer`` (default: the block the features come from), plus contextual tokens that
-    merge the rest by key similarity. ``dominant_ratio`` of the budget is dominant (54/64)."""
+    """VisionZip (Yang et al. 2024; reference: dvlab-research/VisionZip,
+    ``visionzip/clip_encoder.py``).
+
+    Dominant tokens: the CLS token plus the patches with the most CLS attention (per-head
+    softmaxes summed) at ViT block ``layer`` (default: the block the features come from,
+    ``attentions[-2]`` on LLaVA); ``dominant_ratio`` of the budget is dominant, the CLS
+    included (54/64: CLS + 53 patches). A tower without CLS (SigLIP, Qwen2-VL) ranks by the
+    attention each patch receives (``query="all"``) and keeps patches only. Contextual tokens:
+    the rest, in raster order, give evenly strided targets; every other token joins the target
+    with the most similar key (head-mean keys of the same block) and each contextual token is
+    its target plus the mean of its members, computed before the projector as in the
+    reference (the weights sum to 2, so merging projected features would add the projector's
+    bias twice): on the selected ViT features for LLaVA, NeXT and OneVision images, between
+    ``ln_q`` and the MLP of Qwen2-VL's merger. Idefics3's connector is linear without bias, so
+    there merging its outputs is the same; OneVision videos (frames pooled after the
+    projector by the model) merge projected features.
+
+    With ``renumber`` (the default on 1-D RoPE) the LLM sees the reference's sequence: CLS,
+    dominant patches and contextual tokens (raster order each) at consecutive positions. With
+    ``renumber=False`` tokens keep their positions and the CLS takes the first free one.
+
+    LLaVA-NeXT/OneVision images: the budget applies to each crop (the base view and every
+    high-res crop, each with its own CLS on CLIP towers), as the reference runs per 336-px
+    crop. Unlike the reference, the crops stay unpadded with their row newlines (never
+    dropped) and tokens stay in raster order: the reference drops the newlines, keeps padded
+    rows, and orders the high-res crops' dominant tokens, CLS tokens and contextual tokens
+    in three runs.
+    """
 
     layer: int | None = None
     dominant_ratio: float = 54 / 64
     query: str = "auto"
+
+    paper_renumber: ClassVar[bool] = True
 
     def validate(self) -> None:
         super().validate()
@@ -150,24 +213,71 @@ class VisionZip(BudgetConfig):
 
     def score_request(self, default_layer: int) -> ScoreRequest:
         layer = default_layer if self.layer is None else self.layer
-        return attention_request(layer, self.query, keys=True)
+        return attention_request(layer, self.query, keys=True, vision=True, cls=True)
+
+    def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anyres images (LLaVA-NeXT/OneVision): one unit per crop, as the reference runs the
+        tower per 336-px crop; fixed tokens (newlines) stay."""
+        if segment.crops is None or segment.kind == "video":
+            return super().compress_segment(segment)
+        anchors, values = [], []
+        for crop in torch.unique(segment.crops[segment.crops >= 0]).tolist():
+            index = (segment.crops == crop).nonzero().squeeze(-1).to(segment.features.device)
+            local, kept = self.compress_one(_unit(segment, index, None, False, crop))
+            anchors.append(index[local.to(index.device)])
+            values.append(kept)
+        rest = (segment.crops < 0).nonzero().squeeze(-1).to(segment.features.device)
+        anchors_all = torch.cat([*anchors, rest])
+        order = torch.argsort(anchors_all)
+        return anchors_all[order], torch.cat([*values, segment.features[rest]])[order]
 
     def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         dominant_count = max(1, min(count, round(count * self.dominant_ratio)))
         if count >= 2 and dominant_count == count:
             dominant_count = count - 1  # keep at least one contextual token
-        dominant = selectors.top_k(unit.scores, dominant_count)
-        return mergers.contextual_merge(unit.features, unit.keys, dominant, count - dominant_count)
+        has_cls = unit.cls is not None and unit.project is not None  # CLS needs projecting
+        patches = dominant_count - 1 if has_cls else dominant_count
+        dominant = torch.sort(selectors.top_k(unit.scores, patches)).values
+        rest = selectors.complement(dominant, unit.size)
+        values, finish = unit.merge_space()
+        targets, merged = mergers.contextual_tokens(values, unit.keys, rest, count - dominant_count)
+        sources = [dominant, targets]
+        features = [unit.features[dominant], finish(merged)]
+        if has_cls:
+            sources.insert(0, torch.full((1,), -1, device=dominant.device))
+            features.insert(0, finish(unit.cls[None].float()))
+        return mergers.place(torch.cat(sources), torch.cat(features), unit.size, unit.reorder)
 
 
 @dataclasses.dataclass
 class PruMergePlus(BudgetConfig):
-    """PruMerge+: CLS-attention outliers (above Q3 + 1.5 IQR) plus spatially uniform samples,
-    then each kept token adds its ``neighbours`` key-nearest tokens weighted by attention.
-    Without ``tokens``/``keep`` the count is adaptive, as in the paper."""
+    """PruMerge+ (Shang et al. 2024; reference: 42Shawn/LLaVA-PruMerge,
+    ``llava/model/multimodal_encoder/clip_encoder.py``, ``token_prune_merge_advanced_plus``).
+
+    Scores: the CLS row of ONE softmax over the logits of the concatenated heads
+    (``q . k`` over the full width, scaled by its ``-1/2`` power) at ViT block ``layer``
+    (default: the last block, ``-1``); a tower without CLS uses the mean over all query rows.
+    Kept: the IQR outliers (score above ``Q3 + 1.5 IQR``, linear quantiles), top-``int(n *
+    ratio)`` by score in descending order, then the spatial samples ``0, s, 2s, ... < n - 1``
+    not already kept (``s = int(int(1 / ratio) / 3)``, ``ratio`` = outliers / n), in raster
+    order. Each kept token adds its ``neighbours`` nearest other tokens (cosine of the block's
+    concatenated keys) weighted by their score, and ONE extra token, the score-weighted sum of
+    all tokens not kept, follows them. Merges are computed before the projector, as
+    :class:`VisionZip` says where (projected features only for OneVision videos). With
+    ``renumber`` (the default on 1-D RoPE) the LLM sees that sequence at consecutive
+    positions; with ``renumber=False`` tokens keep their positions and the extra token takes
+    the last free one.
+
+    Without ``tokens``/``keep`` the count is adaptive, as in the paper. Our extension:
+    ``tokens``/``keep`` fix the count (extra token included): the outliers by score, then
+    evenly spaced tokens of the rest. Where the reference fails (no outlier: division by
+    zero; a stride below 1) we sample every ``n // 3`` tokens and use a stride of 1.
+    """
 
     layer: int | None = None
     neighbours: int = 32
+
+    paper_renumber: ClassVar[bool] = True
 
     def validate(self) -> None:
         super().validate()
@@ -180,27 +290,39 @@ class PruMergePlus(BudgetConfig):
         return super().budget(available)
 
     def score_request(self, default_layer: int) -> ScoreRequest:
-        layer = default_layer if self.layer is None else self.layer
-        return attention_request(layer, "auto", keys=True)
+        layer = -1 if self.layer is None else self.layer
+        return attention_request(layer, "auto", keys=True, heads="concat", vision=True)
+
+    def select(self, scores: torch.Tensor, count: int) -> torch.Tensor:
+        """Kept indices in the reference's order (outliers by score, then samples)."""
+        n = scores.numel()
+        found = selectors.iqr_outliers(scores).numel()
+        ranked = torch.sort(scores.float(), descending=True, stable=True).indices
+        if count >= 0:  # our fixed-budget extension
+            picked = ranked[: min(found, count)]
+            rest = selectors.complement(picked, n)
+            return torch.cat([picked, selectors.evenly_spaced(rest, count - picked.numel())])
+        if found:
+            ratio = found / n  # the reference's float arithmetic, truncations included
+            picked = ranked[: int(n * ratio)]
+            step = max(1, int(int(1 / ratio) / 3))
+        else:
+            picked, step = ranked[:0], max(1, n // 3)
+        samples = torch.arange(0, max(n - 1, 1), step, device=scores.device)
+        return torch.cat([picked, samples[~torch.isin(samples, picked)]])
 
     def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        outliers = selectors.iqr_outliers(unit.scores)
-        outliers = outliers[torch.sort(unit.scores[outliers], descending=True, stable=True).indices]
-        if count < 0:  # adaptive: outliers + samples every (n / outliers) / 3 tokens
-            # the paper's arithmetic sequence: every (n // outliers) // 3 tokens, below n - 1
-            step = max(1, (unit.size // max(outliers.numel(), 1)) // 3)
-            samples = torch.arange(0, max(unit.size - 1, 1), step, device=outliers.device)
-            kept = torch.unique(torch.cat([outliers, samples]))
-        elif outliers.numel() >= count:
-            kept = outliers[:count]
-        else:
-            rest = selectors.complement(outliers, unit.size)
-            kept = torch.cat([outliers, selectors.evenly_spaced(rest, count - outliers.numel())])
-        if kept.numel() >= unit.size:
-            return mergers.keep_only(unit.features, kept)
-        return mergers.knn_weighted_merge(
-            unit.features, unit.keys, unit.scores, kept, self.neighbours
-        )
+        extra = count < 0 or count >= 2
+        kept = self.select(unit.scores, count - 1 if count >= 2 else count)
+        values, finish = unit.merge_space()
+        merged = [mergers.knn_weighted_merge(values, unit.keys, unit.scores, kept, self.neighbours)]
+        sources = [kept]
+        dropped = selectors.complement(kept, unit.size)
+        if extra and dropped.numel():
+            merged.append(mergers.weighted_sum(values, unit.scores, dropped)[None])
+            sources.append(torch.full((1,), -1, device=kept.device))
+        features = finish(torch.cat(merged))
+        return mergers.place(torch.cat(sources), features, unit.size, unit.reorder)
 
 
 @dataclasses.dataclass
@@ -225,7 +347,13 @@ class BipartiteMerge(BudgetConfig):
 
 @dataclasses.dataclass
 class DivPrune(BudgetConfig):
-    """DivPrune: greedy max-min diversity on the cosine distance of the projected features."""
+    """DivPrune (reference: vbdi/divprune, ``LLaVA/llava/model/llava_arch.py``): greedy
+    max-min diversity on the cosine distance of the projected features; kept tokens stay in
+    raster order and ``renumber`` defaults to True on 1-D RoPE models, as the reference
+    rebuilds the prompt with consecutive positions. Unlike its LLaVA-NeXT path, image
+    newlines are never candidates."""
+
+    paper_renumber: ClassVar[bool] = True
 
     def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mergers.keep_only(unit.features, selectors.max_min_diversity(unit.features, count))
@@ -272,8 +400,8 @@ for _name, _config in (
 ):
     _register(_name, _config)
 
-# video methods register themselves on import
-from leanvision.vlm import video  # noqa: E402, F401
+# the video methods and tome register themselves on import
+from leanvision.vlm import tome, video  # noqa: E402, F401
 
 __all__ = [
     "BipartiteMerge",

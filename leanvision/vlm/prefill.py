@@ -9,7 +9,11 @@ and ``pixel_values`` — does, at prefill (empty cache):
 2. ``config.compress_segment``: pick/merge each segment's tokens;
 3. ``splice``: build ``inputs_embeds`` with only the kept tokens, and gather the attention mask
    and the ORIGINAL position ids (1-D, or M-RoPE ``(3|4, B, L)`` computed on the original ids),
-   so the model's "image tokens == features" check never runs and positions are exact.
+   so the model's "image tokens == features" check never runs and positions are exact; or,
+   when the method renumbers (``config.resolve_renumber``: its paper's setting by default),
+   consecutive positions over the kept tokens, which then come in the method's own order
+   (``handle.stats["kept_positions"]`` lists the prompt slots the LLM's tokens occupy: with a
+   reordering method, the image's first placeholders rather than the tokens' sources).
 
 At decode steps it rewrites the attention mask ``generate`` grows from the original prompt
 into one that matches the shorter cache, and supplies positions when none are given:
@@ -50,6 +54,8 @@ class PrefillCompressor:
         self.handle = handle
         self.adapter = adapter
         self.request = config.score_request(adapter.default_score_layer(model))
+        resolve = getattr(config, "resolve_renumber", None)
+        self.renumber = bool(config.renumber) if resolve is None else resolve(adapter)
         self.state: DecodeState | None = None
         # what a following in-LLM stage (video ``then=``) needs from the current prefill:
         # ``input_ids`` as the language model sees them (``-1`` for padding slots),
@@ -110,6 +116,8 @@ class PrefillCompressor:
             )
         masks = self._placeholder_masks(input_ids, kwargs)
         segments = adapter.encode(model, kwargs, self.request)
+        for segment in segments:
+            segment.reorder = self.renumber
         kept = [self.config.compress_segment(segment) for segment in segments]
 
         attention_mask = kwargs.get("attention_mask")
@@ -133,7 +141,7 @@ class PrefillCompressor:
             (spliced.kept_index != torch.arange(length, device=input_ids.device)).any()
         )
         new_positions, offset = spliced.position_ids, None
-        if self.config.renumber and dropped:
+        if self.renumber and dropped:
             new_positions = text_position_ids(spliced.attention_mask, spliced.attention_mask)
             old_last = _last_valid(spliced.position_ids, spliced.attention_mask)
             offset = (old_last - _last_valid(new_positions, spliced.attention_mask)).unsqueeze(-1)
@@ -261,4 +269,5 @@ def install_prefill(
         handle.set_attr(model, tf_compat.MM_ENCODER_OUTPUTS_FLAG, _no_mm_encoder_outputs)
     handle.add_hook(inner.register_forward_pre_hook(compressor, with_kwargs=True))
     handle.stats["method"] = handle.method
+    handle.stats["renumber"] = compressor.renumber
     return compressor

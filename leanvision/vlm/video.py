@@ -80,7 +80,9 @@ class ThenMixin:
             config, _apply = METHODS.resolve(self.then, **options)
         else:
             raise TypeError(f"then must be a method name or config, got {self.then!r}")
-        image = isinstance(config, BudgetConfig) and not isinstance(config, ThenMixin)
+        from leanvision.vlm.tome import Tome  # it merges inside the ViT, not per frame
+
+        image = isinstance(config, BudgetConfig) and not isinstance(config, (ThenMixin, Tome))
         if not image and not isinstance(config, INLLM_CONFIGS):
             raise ValueError(
                 f"then={self.then!r} must be an image method ({IMAGE_THEN}) or an in-LLM "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inllm_reference import reference_inllm_decode
+from inllm_reference import StageInputs, reference_inllm_decode
 from vlm_helpers import LLMInputs, build, logits, original_positions
 
 import leanvision as lv
@@ -74,7 +74,11 @@ def test_generate_matches_hand_run_stages(family: str, video: str, then: str) ->
         _compose(tiny.model, video, then) as handle,
         torch.no_grad(),
     ):
-        out = tiny.model.generate(**tiny.inputs, max_new_tokens=steps, do_sample=False)
+        entering = StageInputs(tiny.model, THEN[then][0].get("layer", 1))
+        try:
+            out = tiny.model.generate(**tiny.inputs, max_new_tokens=steps, do_sample=False)
+        finally:
+            entering.close()
     generated = out[:, tiny.inputs["input_ids"].shape[1] :]
     assert all(call["inputs_embeds"].shape[1] == 1 for call in seen.calls[1:]), "prune once"
     # the two stages' token sets, in original prompt positions
@@ -88,8 +92,24 @@ def test_generate_matches_hand_run_stages(family: str, video: str, then: str) ->
     full = torch.zeros(1, tiny.inputs["input_ids"].shape[1], prefill.shape[-1])
     full[0, short[0]] = prefill[0]
     stages = [0, *handle.stats["stages"]]
+    # sparsevlm recycles: the tokens it inserts repeat a position, so the reference follows
+    # the reported sources and takes the inserted hidden states the layer received
+    slots = handle.stats["inserted_index"][-1]
+    inserted = None
+    if slots is not None:
+        values = entering.prefill.gather(1, slots.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+        inserted = [None, (slots, values)]
+    assert (slots is not None) == (then == "sparsevlm"), "sparsevlm recycles dropped tokens"
     expected = reference_inllm_decode(
-        tiny, full, original_positions(tiny), sets, stages, steps, renumber=False
+        tiny,
+        full,
+        original_positions(tiny),
+        sets,
+        stages,
+        steps,
+        renumber=False,
+        sources=[None, handle.stats["kept_source"][-1]],
+        inserted=inserted,
     )
     assert torch.equal(generated, expected)
 

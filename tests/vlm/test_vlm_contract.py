@@ -83,7 +83,8 @@ def test_generate_matches_hand_built_prompt(family: str, method: str, batch: int
     prefill = seen.prefill["inputs_embeds"]
     assert prefill.shape[1] < tiny.inputs["input_ids"].shape[1]
     assert all(call["inputs_embeds"].shape[1] == 1 for call in seen.calls[1:]), "prune once"
-    expected = reference_decode(tiny, prefill, handle.stats["kept_positions"], steps)
+    kept, renumber = handle.stats["kept_positions"], handle.stats["renumber"]
+    expected = reference_decode(tiny, prefill, kept, steps, renumber=renumber)
     assert torch.equal(generated, expected)
 
 

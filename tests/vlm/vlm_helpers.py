@@ -103,14 +103,21 @@ def original_positions(tiny: TinyModel) -> torch.Tensor:
 
 @torch.no_grad()
 def reference_decode(
-    tiny: TinyModel, prefill_embeds: torch.Tensor, kept: list[list[int]], steps: int
+    tiny: TinyModel,
+    prefill_embeds: torch.Tensor,
+    kept: list[list[int]],
+    steps: int,
+    renumber: bool = False,
 ) -> torch.Tensor:
     """Greedy decoding of the UNPATCHED model on a pruned prompt built here by hand.
 
     Row ``b`` keeps the original tokens at ``kept[b]`` (text embedded from the ids; visual
     features taken from ``prefill_embeds``, what the patched language model received), at
     their original positions; rows are left-padded to equal length. Decode step ``t`` sits at
-    position ``max(original positions of the row) + 1 + t``, on all M-RoPE axes.
+    position ``max(original positions of the row) + 1 + t``, on all M-RoPE axes. With
+    ``renumber`` the kept tokens get ``0, 1, ...`` over the attended ones (padding 1) and step
+    ``t`` sits at ``(attended kept tokens) + t``, as the VisionZip/PruMerge+/DivPrune
+    references rebuild the prompt.
     """
     model, ids, mask = tiny.model, tiny.inputs["input_ids"], tiny.inputs["attention_mask"]
     embed = get_adapter(model).embed_tokens(model)
@@ -129,6 +136,9 @@ def reference_decode(
         rows_embeds.append(torch.cat([torch.zeros(pad, row.shape[-1]), row]))
         rows_mask.append(torch.cat([torch.zeros(pad, dtype=torch.long), mask[b, index]]))
         pos = positions[:, b, index] if mrope else positions[b, index]
+        if renumber:  # 1-D RoPE only
+            real = mask[b, index]
+            pos = (real.cumsum(-1) - 1).masked_fill(real == 0, 1)
         fill = torch.ones(*pos.shape[:-1], pad, dtype=pos.dtype)
         rows_pos.append(torch.cat([fill, pos], dim=-1))
     embeds = torch.stack(rows_embeds)
@@ -137,6 +147,8 @@ def reference_decode(
     valid = mask.bool()
     if mrope:
         last = positions.masked_fill(~valid.unsqueeze(0), -1).amax(dim=(0, 2))
+    elif renumber:
+        last = torch.tensor([int(mask[b, torch.tensor(kept[b])].sum()) - 1 for b in range(batch)])
     else:
         last = positions.masked_fill(~valid, -1).amax(dim=1)
     eos, pad_id = tiny.info["eos_token_id"], tiny.info["pad_token_id"]

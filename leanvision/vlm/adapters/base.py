@@ -45,6 +45,7 @@ Accessors (stable API, used by pre-LLM methods here and by in-LLM methods in ``v
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,13 +59,21 @@ class ScoreRequest:
     ``layer``: ViT block whose attention is read (negative counts from the end).
     ``query``: ``"cls"`` (attention the CLS token gives each patch), ``"all"`` (attention each
     patch receives, averaged over all queries) or ``"auto"`` (CLS when the ViT has one).
+    ``heads``: ``"mean"`` (one softmax per head, averaged; keys averaged over heads) or
+    ``"concat"`` (ONE softmax over logits of the concatenated heads, ``q . k`` over
+    ``heads * head_dim`` scaled by its ``-1/2`` power; keys concatenated over heads).
     ``scores``/``keys``: whether to compute them at all.
+    ``vision``: the pre-projector features and the projector, so merges happen before it.
+    ``cls``: the pre-projector CLS feature of a tower whose CLS the model drops.
     """
 
     layer: int = -2
     query: str = "auto"
     scores: bool = False
     keys: bool = False
+    heads: str = "mean"
+    vision: bool = False
+    cls: bool = False
 
 
 @dataclasses.dataclass
@@ -73,12 +82,24 @@ class VisualSegment:
 
     ``features``: ``(n, D)`` projected features, in placeholder order.
     ``kind``: ``"image"`` or ``"video"`` (which placeholder id the run uses).
-    ``grid``: ``(h, w)`` or ``(t, h, w)`` when the ``n`` tokens are exactly that raster
-    (row-major, frame-major), else ``None`` (e.g. LLaVA-NeXT's unpadded crops + newlines).
+    ``grid``: ``(h, w)`` or ``(t, h, w)`` when the ``n`` tokens (less the ``fixed`` ones) are
+    exactly that raster (row-major, frame-major), else ``None`` (e.g. LLaVA-NeXT's unpadded
+    crops).
     ``scores``: ``(n,)`` float32 attention score per token (higher = more important), newline
-    tokens get ``-inf``. ``keys``: ``(n, d)`` ViT keys (mean over heads) for similarity.
+    tokens get ``-inf``. ``keys``: ``(n, d)`` ViT keys (mean over heads, or concatenated) for
+    similarity.
     ``frames``: number of frames for videos (tokens of frame ``f`` are
     ``frame_slices[f]``), else 1.
+    ``fixed``: ``(n,)`` bool, True at tokens no method may drop or merge (image newlines);
+    ``None`` when there are none.
+    ``vision``: ``(n, Dv)`` pre-projector features with ``project`` (``(k, Dv) -> (k, D)``,
+    token-wise) when the projector can be applied to merged tokens; ``None`` otherwise.
+    ``cls``: ``(Dv,)`` pre-projector CLS feature the model dropped (``"default"`` feature
+    strategy), when requested; ``(crops, Dv)`` with ``crops``.
+    ``crops``: ``(n,)`` long, the anyres crop each token comes from (``-1`` for fixed
+    tokens), for methods that budget per crop (VisionZip); ``None`` otherwise.
+    ``reorder``: set by the prefill hook: positions are renumbered, so a method may emit its
+    tokens in its own order (they fill the run's first placeholders).
     """
 
     features: torch.Tensor
@@ -87,6 +108,12 @@ class VisualSegment:
     scores: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     frame_slices: list[slice] | None = None
+    fixed: torch.Tensor | None = None
+    vision: torch.Tensor | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    cls: torch.Tensor | None = None
+    crops: torch.Tensor | None = None
+    reorder: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -151,7 +178,8 @@ class VLMAdapter:
         return list(range(len(self.vision_layers(model))))
 
     def default_score_layer(self, model: nn.Module) -> int:
-        """The late ViT block whose attention VisionZip/PruMerge read by default."""
+        """The late ViT block whose attention VisionZip reads by default (PruMerge+ reads the
+        last block, ``layer=-1``)."""
         return self.global_vision_layers(model)[-1]
 
     def image_token_id(self, model: nn.Module) -> int:

@@ -1,12 +1,16 @@
 """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower + MLP projector + Llama.
 
 Also the base of the LLaVA-NeXT and LLaVA-OneVision adapters, which reuse ``_run_tower``.
+The projector is token-wise, so a method may merge the projector's inputs (the selected ViT
+features, read with a forward pre-hook held for one call) and project the merged tokens, as
+VisionZip and PruMerge+ do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +34,20 @@ def resolve_layer(layer: int, depth: int) -> int:
             f"layer={layer} is past the vision tower's depth; allowed: {-depth}..{depth - 1}"
         )
     return resolved
+
+
+@contextlib.contextmanager
+def recording_inputs(module: nn.Module, inputs: list[torch.Tensor], active: bool) -> Iterator[None]:
+    """Append the first positional input of every ``module`` call inside the block to
+    ``inputs`` (nothing when not ``active``); the hook is removed on exit."""
+    if not active:
+        yield
+        return
+    hook = module.register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 class LlavaAdapter(VLMAdapter):
@@ -86,7 +104,7 @@ class LlavaAdapter(VLMAdapter):
         query = request.query
         if query == "auto":
             query = "cls" if self.has_cls(model) else "all"
-        recorder = ScoreRecorder(query, request.scores, request.keys)
+        recorder = ScoreRecorder(query, request.scores, request.keys, request.heads)
         with listening(self.vision_attention(model, layer), recorder):
             output = run()
         return output, recorder.records
@@ -99,24 +117,54 @@ class LlavaAdapter(VLMAdapter):
             return stats[:, 1:]
         return stats
 
+    def _cls_features(
+        self, model: nn.Module, inputs: dict[str, Any], output: Any, request: ScoreRequest
+    ) -> torch.Tensor | None:
+        """``(crops, Dv)`` pre-projector CLS features when the model dropped them (strategy
+        ``"default"``, CLIP) and ``request.cls``; ``None`` otherwise."""
+        hidden = getattr(output, "hidden_states", None)
+        if not request.cls or hidden is None or not self.has_cls(model):
+            return None
+        if self._strategy(model, inputs) != "default":
+            return None  # the CLS is the first feature token already
+        layer = (inputs or {}).get("vision_feature_layer")
+        if layer is None:
+            layer = model.config.vision_feature_layer
+        layers = layer if isinstance(layer, (list, tuple)) else [layer]
+        if any(hidden[index] is None for index in layers):
+            return None  # transformers kept only some hidden states
+        return torch.cat([hidden[index][:, 0] for index in layers], dim=-1)
+
     def encode(
         self, model: nn.Module, inputs: dict[str, Any], request: ScoreRequest
     ) -> list[VisualSegment]:
         inner = self.inner(model)
-        output, records = self._run_tower(
-            model,
-            request,
-            lambda: inner.get_image_features(
-                pixel_values=inputs["pixel_values"],
-                vision_feature_layer=inputs.get("vision_feature_layer"),
-                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
-                image_sizes=inputs.get("image_sizes"),
-                return_dict=True,
-            ),
-        )
+        projected_from: list[torch.Tensor] = []
+        with recording_inputs(self.projector(model), projected_from, request.vision):
+            output, records = self._run_tower(
+                model,
+                request,
+                lambda: inner.get_image_features(
+                    pixel_values=inputs["pixel_values"],
+                    vision_feature_layer=inputs.get("vision_feature_layer"),
+                    vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+                    image_sizes=inputs.get("image_sizes"),
+                    return_dict=True,
+                ),
+            )
         features = list(output.pooler_output)
         stats = self._drop_cls(model, inputs, stack_records(records)) if records else None
-        return image_segments(features, stats, request)
+        segments = image_segments(features, stats, request)
+        vision = projected_from[0] if projected_from else None
+        if vision is not None and [len(f) for f in features] != [vision.shape[1]] * len(vision):
+            vision = None  # features split differently from the projector's batch
+        cls = self._cls_features(model, inputs, output, request)
+        for index, segment in enumerate(segments):
+            if vision is not None:
+                segment.vision, segment.project = vision[index], self.projector(model)
+            if cls is not None:
+                segment.cls = cls[index]
+        return segments
 
 
 def stack_records(

@@ -5,11 +5,15 @@
 Patches arrive grouped by merge block (``m * m`` consecutive patches = one token), so a
 token's score/key is the mean over its block. Qwen2.5-VL attends within windows except in
 ``fullatt_block_indexes``: only those blocks give global scores, and they see the tokens in
-window order, undone here with transformers' own ``get_vision_window_index``.
+window order, undone here with transformers' own ``get_vision_window_index``. Merges happen
+between the merger's ``ln_q`` and its MLP (on the concatenated ``m x m`` patch group of each
+token, read with a pre-hook on ``merger.mlp``), so merged tokens go through the non-linear MLP
+as VisionZip/PruMerge+ merge before LLaVA's projector.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -17,7 +21,7 @@ from torch import nn
 
 from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
-from leanvision.vlm.adapters.llava import attach_stats, resolve_layer
+from leanvision.vlm.adapters.llava import attach_stats, recording_inputs, resolve_layer
 from leanvision.vlm.capture import ScoreRecorder, listening
 
 
@@ -98,12 +102,17 @@ class Qwen2VLAdapter(VLMAdapter):
                 continue
             grid_thw = inputs[grid_key]
             recorder = self._recorder(model, request)
-            if recorder is None:
+            mlp_inputs: list[torch.Tensor] = []
+            mlp = getattr(self.projector(model), "mlp", None)
+            with (
+                recording_inputs(mlp, mlp_inputs, request.vision and mlp is not None),
+                contextlib.nullcontext()
+                if recorder is None
+                else listening(self.vision_attention(model, recorder[0]), recorder[1]),
+            ):
                 output = getter(inputs[pixels_key], grid_thw, return_dict=True)
-            else:
-                with listening(self.vision_attention(model, recorder[0]), recorder[1]):
-                    output = getter(inputs[pixels_key], grid_thw, return_dict=True)
             stats = None if recorder is None else self._token_stats(model, recorder[1], grid_thw)
+            vision = self._mlp_inputs(model, mlp_inputs, grid_thw) if mlp_inputs else None
             merge = self.merge_size(model)
             for index, feature in enumerate(output.pooler_output):
                 frames, height, width = (int(v) for v in grid_thw[index])
@@ -116,8 +125,24 @@ class Qwen2VLAdapter(VLMAdapter):
                 )
                 if stats is not None:
                     attach_stats(segment, stats[index], request)
+                if vision is not None and vision[index].shape[0] == feature.shape[0]:
+                    segment.vision, segment.project = vision[index], mlp
                 segments.append(segment)
         return segments
+
+    def _mlp_inputs(
+        self, model: nn.Module, inputs: list[torch.Tensor], grid_thw: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The merger MLP's inputs (``ln_q`` of each ``m x m`` patch group, concatenated), one
+        ``(n, m * m * Dv)`` block per image in raster order."""
+        tokens = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs], dim=0)
+        order = self._window_index(model, grid_thw)
+        if order is not None:  # Qwen2.5-VL merges in window order
+            restored = torch.empty_like(tokens)
+            restored[order.to(tokens.device)] = tokens
+            tokens = restored
+        sizes = (grid_thw.prod(-1) // self.merge_size(model) ** 2).tolist()
+        return list(torch.split(tokens, sizes, dim=0))
 
     def _recorder(
         self, model: nn.Module, request: ScoreRequest
@@ -125,7 +150,7 @@ class Qwen2VLAdapter(VLMAdapter):
         if not (request.scores or request.keys):
             return None
         layer = resolve_layer(request.layer, len(self.vision_layers(model)))
-        return layer, ScoreRecorder("all", request.scores, request.keys)
+        return layer, ScoreRecorder("all", request.scores, request.keys, request.heads)
 
     def _token_stats(
         self, model: nn.Module, recorder: ScoreRecorder, grid_thw: torch.Tensor

@@ -1,18 +1,24 @@
 """The shared machinery of in-LLM visual-token pruning (FastV, PyramidDrop, SparseVLM).
 
 A method is a list of *stages* plus a :class:`Policy`. Stage ``s`` starts at decoder layer
-``stages[s]``: layers ``0 .. stages[0] - 1`` see the whole prompt; the attention of the layer
-just before a stage (``stages[s] - 1``) is read to rank the tokens of the current set, and
-layers ``stages[s] ..`` see only the kept ones. Pruning happens once, at prefill:
+``stages[s]``: layers ``0 .. stages[0] - 1`` see the whole prompt, layers ``stages[s] ..`` see
+only the tokens the stage kept. Which layer ranks the current set is the policy's choice
+(``rank_layer_offset``): ``1``, the attention of the layer before the stage (FastV,
+SparseVLM); ``0``, the first layer of the stage itself, its own norm, ``q``/``k`` projections
+and RoPE applied to the full hidden states entering it (PyramidDrop). Pruning happens once,
+at prefill:
 
 - a forward pre-hook on ``model.model`` records ``input_ids`` (to find the visual tokens);
-- a pre-hook on the language model starts a new prefill when the cache is empty;
-- a listener on the attention of layer ``stages[s] - 1`` (see :mod:`.attention`) scores keys
-  with ``kernels.attention_scores`` (no attention matrix);
+- a pre-hook on the language model starts a new prefill when the cache is empty, and marks
+  image separators (:mod:`.separators`): never candidates, always kept;
+- offset 1: a listener on the attention of layer ``stages[s] - 1`` (see :mod:`.attention`)
+  scores keys with ``kernels.attention_scores`` (no attention matrix); offset 0: the
+  pre-hook of layer ``stages[s]`` reads that layer's ``q``/``k`` (:func:`.stage_query_key`)
+  and scores the same way;
 - a pre-hook on every decoder layer from ``stages[0]`` on gathers, at the first layer of a
-  stage, the kept rows of ``hidden_states`` (overwriting recycled tokens), and at every
+  stage, the kept rows of ``hidden_states`` (writing inserted, recycled tokens), and at every
   layer of the stage, the kept rows/columns of the 4-D mask, of ``position_embeddings``
-  (cos, sin: 1-D or M-RoPE alike) and of ``position_ids``.
+  (cos, sin: 1-D or M-RoPE alike) and of ``position_ids`` (see :mod:`.tokens`).
 
 The KV cache of a pruned layer then holds fewer tokens. At decode steps the same pre-hooks
 take from the full-length mask the columns of the tokens that layer kept (plus the new
@@ -33,50 +39,33 @@ from torch import nn
 
 from leanvision.compat import transformers as tf_compat
 from leanvision.vlm.inllm import stats as inllm_stats
-from leanvision.vlm.inllm.attention import attention_module, install_attention, listen
+from leanvision.vlm.inllm.attention import (
+    attention_module,
+    install_attention,
+    listen,
+    stage_query_key,
+)
+from leanvision.vlm.inllm.separators import separator_mask
+from leanvision.vlm.inllm.tokens import (
+    Selection,
+    Tokens,
+    causal_in_order,
+    gather_mask,
+    gather_positions,
+    gather_rows,
+    next_tokens,
+)
 
-
-@dataclasses.dataclass
-class Tokens:
-    """The token set one stage works on, per row (all rows the same length ``L_s``).
-
-    ``index`` ``(B, L_s)``: sorted original prompt positions; ``visual`` ``(B, L_s)`` bool;
-    ``padding`` ``(B, L_s)`` bool or None (True = padding); ``last`` ``(B,)`` where the
-    prompt's last real token (the last instruction token) sits in this set.
-    """
-
-    index: torch.Tensor
-    visual: torch.Tensor
-    padding: torch.Tensor | None
-    last: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return int(self.index.shape[1])
-
-    def locate(self, original: torch.Tensor) -> torch.Tensor:
-        """Where original positions ``(B, n)`` (which must be kept) sit in this set."""
-        return torch.searchsorted(self.index, original.to(self.index.device))
-
-
-@dataclasses.dataclass
-class Selection:
-    """What a stage keeps, in the coordinates of the tokens entering it.
-
-    ``keep`` ``(B, L')`` sorted indices; ``visual`` ``(B, L')`` which kept tokens are visual;
-    ``replace``/``values``: optional ``(B, R)`` indices into the kept set and ``(B, R, D)``
-    hidden states written there (recycled tokens).
-    """
-
-    keep: torch.Tensor
-    visual: torch.Tensor
-    replace: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+__all__ = ["InLLMPruner", "Policy", "Prefill", "Selection", "Tokens"]
 
 
 class Policy(Protocol):
-    """How one method scores and selects. ``scores`` runs inside the attention of layer
-    ``stages[s] - 1``; ``select`` at the first layer of stage ``s``."""
+    """How one method scores and selects. ``score`` gets the post-RoPE ``q``/``k`` of layer
+    ``stages[s] - rank_layer_offset`` over the current set (offset 1: inside that layer's
+    attention; offset 0: projected from the hidden states entering the stage); ``select``
+    runs at the first layer of stage ``s``."""
+
+    rank_layer_offset: int
 
     def begin(self, prefill: Prefill, embeds: torch.Tensor | None) -> None: ...
 
@@ -94,64 +83,11 @@ class Prefill:
     """State of the last pruned prefill, kept for the decode steps that follow it."""
 
     length: int
-    visual_before: torch.Tensor  # (B,) visual tokens per row in the prompt
+    visual_before: torch.Tensor  # (B,) visual tokens (candidates, no separators) per row
     sets: list[Tokens]  # sets[0]: the prompt; sets[s + 1]: after stage s
     scored: dict[int, Any] = dataclasses.field(default_factory=dict)
     positions: list[torch.Tensor | None] = dataclasses.field(default_factory=list)
     shifts: list[int] = dataclasses.field(default_factory=list)
-
-
-def _batch(tensor: torch.Tensor, batch: int, dim: int = 0) -> torch.Tensor:
-    if tensor.shape[dim] == batch:
-        return tensor
-    shape = [-1] * tensor.dim()
-    shape[dim] = batch
-    return tensor.expand(*shape)
-
-
-def gather_mask(mask: Any, rows: torch.Tensor | None, columns: torch.Tensor) -> Any:
-    """Keep mask rows ``rows`` (or all) and key columns ``columns`` ``(B, n)`` of a 4-D
-    ``(B, 1, Lq, Lk)`` or 2-D ``(B, Lk)`` mask; ``None`` stays ``None``."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(
-            f"in-LLM pruning needs a tensor attention mask in the decoder layers, got "
-            f"{type(mask).__name__}; use attn_implementation 'sdpa', 'eager' or 'flash_attention_2'"
-        )
-    batch = columns.shape[0]
-    columns = columns.to(mask.device)
-    if mask.dim() == 2:
-        return _batch(mask, batch).gather(1, columns)
-    mask = _batch(mask, batch)
-    heads, length_q = mask.shape[1], mask.shape[2]
-    if rows is not None:
-        rows = rows.to(mask.device)
-        index = rows[:, None, :, None].expand(-1, heads, -1, mask.shape[3])
-        mask = mask.gather(2, index)
-        length_q = rows.shape[1]
-    index = columns[:, None, None, :].expand(-1, heads, length_q, -1)
-    return mask.gather(3, index)
-
-
-def gather_positions(positions: Any, index: torch.Tensor, length: int) -> Any:
-    """Gather the last dim of ``(B, L)`` / ``(R, B, L)`` position ids (other shapes pass)."""
-    if not isinstance(positions, torch.Tensor) or positions.shape[-1] != length:
-        return positions
-    index = index.to(positions.device)
-    if positions.dim() == 2:
-        return _batch(positions, index.shape[0]).gather(1, index)
-    if positions.dim() == 3:
-        positions = _batch(positions, index.shape[0], dim=1)
-        return positions.gather(2, index.unsqueeze(0).expand(positions.shape[0], -1, -1))
-    return positions
-
-
-def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``(B', L, D)`` -> ``(B, n, D)`` rows ``index`` ``(B, n)`` of each sequence."""
-    tensor = _batch(tensor, index.shape[0])
-    index = index.to(tensor.device)
-    return tensor.gather(1, index.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
 
 
 class InLLMPruner:
@@ -186,6 +122,9 @@ class InLLMPruner:
 
     # -- installation --------------------------------------------------------------------------
     def install(self) -> None:
+        offset = getattr(self.policy, "rank_layer_offset", None)
+        if offset not in (0, 1):
+            raise ValueError(f"a policy's rank_layer_offset must be 0 or 1, got {offset!r}")
         handle = self.handle
         tf_compat.cache_keyword(self.language_model)
         install_attention(handle, attention_module(self.layers[0]).config)
@@ -195,8 +134,8 @@ class InLLMPruner:
         handle.add_hook(lm.register_forward_pre_hook(self._lm_hook, with_kwargs=True))
         handle.add_hook(lm.register_forward_hook(self._lm_done))
         for stage, start in enumerate(self.stages):
-            scorer = attention_module(self.layers[start - 1])
-            listen(handle, scorer, self._listener(stage))
+            if self.policy.rank_layer_offset == 1:
+                listen(handle, attention_module(self.layers[start - 1]), self._listener(stage))
         for layer_index in range(self.stages[0], len(self.layers)):
             hook = self._layer_hook(layer_index)
             handle.add_hook(
@@ -233,6 +172,9 @@ class InLLMPruner:
         if ids.shape[1] != length:
             return
         visual = self.adapter.visual_token_mask(self.model, ids)
+        separator = separator_mask(self.model, self.adapter, embeds, visual)
+        if separator is not None:
+            visual = visual & ~separator.to(visual.device)
         if not bool(visual.any()):
             return
         if tf_compat.is_static_cache(cache):
@@ -241,6 +183,8 @@ class InLLMPruner:
                 "cache; generate with cache_implementation='dynamic' (the default)"
             )
         self.state = self._new_prefill(ids, visual, kwargs.get("attention_mask"))
+        if separator is not None:
+            self.state.sets[0].separator = separator.to(visual.device)
         self.phase = "prefill"
         if embeds is None:
             embeds = self.adapter.embed_tokens(self.model)(ids)
@@ -309,15 +253,20 @@ class InLLMPruner:
         state = self.state
         hidden = args[0] if args else kwargs["hidden_states"]
         tokens = state.sets[stage]
-        if len(state.sets) != stage + 1 or stage not in state.scored:
-            raise RuntimeError(
-                f"in-LLM pruning: layer {self.stages[stage] - 1} did not report scores for "
-                f"stage {stage}; was the language model called layer by layer?"
-            )
+        if len(state.sets) != stage + 1:
+            raise RuntimeError(f"in-LLM pruning: stage {stage} started twice in one prefill")
         if hidden.shape[1] != tokens.length:
             raise RuntimeError(
                 f"in-LLM pruning: expected {tokens.length} tokens entering layer "
                 f"{self.stages[stage]}, got {hidden.shape[1]}"
+            )
+        if self.policy.rank_layer_offset == 0:
+            self._score_stage_input(stage, hidden, kwargs)
+        if stage not in state.scored:
+            rank_layer = self.stages[stage] - self.policy.rank_layer_offset
+            raise RuntimeError(
+                f"in-LLM pruning: layer {rank_layer} did not report scores for stage {stage}; "
+                "was the language model called layer by layer?"
             )
         with torch.no_grad():
             selection = self.policy.select(stage, state.scored.pop(stage), tokens, hidden, state)
@@ -328,19 +277,25 @@ class InLLMPruner:
                 selection.replace.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             )
             new_hidden = new_hidden.scatter(1, index, selection.values.to(new_hidden.dtype))
-        original = tokens.index.gather(1, keep.to(tokens.index.device))
-        padding = (
-            None
-            if tokens.padding is None
-            else tokens.padding.gather(1, keep.to(tokens.padding.device))
-        )
-        last_original = tokens.index.gather(1, tokens.last.unsqueeze(-1))
-        new_tokens = Tokens(original, selection.visual, padding, last=torch.zeros_like(tokens.last))
-        new_tokens.last = new_tokens.locate(last_original).squeeze(-1)
-        state.sets.append(new_tokens)
+        state.sets.append(next_tokens(tokens, selection))
         if args:
             return (new_hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new_hidden}
+
+    def _score_stage_input(self, stage: int, hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        """Score the current set with the first layer of the stage (``rank_layer_offset=0``):
+        its ``q``/``k`` of the hidden states entering it, at the positions the layer before
+        it used."""
+        tokens = self.state.sets[stage]
+        if stage == 0:
+            embeddings = kwargs.get(tf_compat.POSITION_EMBEDDINGS)
+        else:
+            embeddings = self._prefill_updates(stage - 1, kwargs).get(tf_compat.POSITION_EMBEDDINGS)
+        layer = self.layers[self.stages[stage]]
+        with torch.no_grad():
+            query, key = stage_query_key(layer, hidden, embeddings)
+            module = attention_module(layer)
+            self.state.scored[stage] = self.policy.score(stage, module, query, key, tokens)
 
     def _prefill_updates(self, stage: int, kwargs: dict[str, Any]) -> dict[str, Any]:
         if stage in self._cache:
@@ -350,7 +305,8 @@ class InLLMPruner:
         index, length = tokens.index, state.length
         updates: dict[str, Any] = {}
         if "attention_mask" in kwargs:
-            updates["attention_mask"] = gather_mask(kwargs["attention_mask"], index, index)
+            mask = gather_mask(kwargs["attention_mask"], index, index)
+            updates["attention_mask"] = causal_in_order(mask) if tokens.repeats else mask
         positions = gather_positions(kwargs.get("position_ids"), index, length)
         embeddings = kwargs.get(tf_compat.POSITION_EMBEDDINGS)
         if self.renumber:
@@ -358,7 +314,8 @@ class InLLMPruner:
             if not isinstance(original, torch.Tensor) or original.dim() != 2:
                 raise ValueError("renumber=True needs 1-D position ids in the decoder layers")
             # every dropped token precedes the tokens after it, so a kept token moves down by
-            # the number of tokens dropped before it
+            # the number of tokens dropped before it (and up by those inserted before it: an
+            # inserted token repeats the position of the one it follows, and gets the next)
             dropped_before = index - torch.arange(index.shape[1], device=index.device)
             positions = gather_positions(original, index, length) - dropped_before.to(
                 original.device

@@ -2,14 +2,20 @@
 last instruction token (the prompt's last token) pays them.
 
 Layer convention, shared by every in-LLM method: ``layer=K`` means the first ``K`` decoder
-layers see the whole prompt, the attention of layer ``K - 1`` ranks the visual tokens, and
-layers ``K ..`` see only the kept ones. This is FastV's ``K`` (``K=2``: two full layers);
-PyramidDrop's ``layers=[8, 16, 24]`` split the 32 layers of LLaVA-1.5-7B into its four stages.
+layers see the whole prompt and layers ``K ..`` see only the kept tokens. This is FastV's
+``K`` (``K=2``: two full layers), ranked by the attention of layer ``K - 1``; PyramidDrop's
+``layers=[8, 16, 24]`` split the 32 layers of LLaVA-1.5-7B into its four stages, each ranked
+by the first layer of the new stage (layer ``K``: its input norm, ``q``/``k`` projections and
+RoPE on the full hidden states entering it), as the authors' code does.
+
+Image separators (LLaVA-NeXT/OneVision newlines) are never ranked, counted or dropped.
 
 >>> FastV(layer=2, keep=0.25).target(torch.tensor([576]), 0).tolist()
 [144]
 >>> PDrop(layers=(8, 16, 24)).target(torch.tensor([576]), 2).tolist()
 [72]
+>>> PDrop(layers=(2,), ratios=(0.3,)).target(torch.tensor([10]), 0).tolist()  # int(10 * 0.3)
+[3]
 """
 
 from __future__ import annotations
@@ -89,8 +95,12 @@ def attention_scale(module: nn.Module, query: torch.Tensor) -> float:
 
 
 class LastTokenPolicy:
-    """Rank visual tokens by the attention the last instruction token pays them; stage ``s``
-    keeps ``config.target(visual_before, s)`` of them per row."""
+    """Rank visual tokens by the attention the last instruction token pays them (softmax over
+    every key it sees, text included, averaged over heads; GQA key heads shared as in the
+    model); stage ``s`` keeps ``config.target(visual_before, s)`` of them per row. Ranked in
+    the attention of the layer before the stage (FastV)."""
+
+    rank_layer_offset = 1
 
     def __init__(self, config: Any):
         self.config = config
@@ -118,6 +128,12 @@ class LastTokenPolicy:
         drop = drop_count(available, torch.minimum(target, available))
         keep = drop_mask(scored, visual, drop).nonzero()[:, 1].view(visual.shape[0], -1)
         return Selection(keep=keep, visual=visual.gather(1, keep))
+
+
+class StageLayerPolicy(LastTokenPolicy):
+    """:class:`LastTokenPolicy` ranked by the first layer of the stage (PyramidDrop)."""
+
+    rank_layer_offset = 0
 
 
 @dataclasses.dataclass
@@ -160,10 +176,13 @@ class FastV(MethodConfig):
 @dataclasses.dataclass
 class PDrop(MethodConfig):
     """PyramidDrop (Xing et al., 2024): stages at ``layers`` (each the number of decoder
-    layers before the stage starts); at each, keep ``ratios[i]`` of the prompt's visual
-    tokens (e.g. 0.5, 0.25, 0.125 of 576), ranked by the last instruction token's attention
-    in the layer before. ``renumber`` (default: True on 1-D RoPE, as in the paper; False on
-    M-RoPE) gives kept tokens consecutive positions.
+    layers before the stage starts); at each, keep ``int(n * ratios[i])`` of the prompt's
+    ``n`` visual tokens (e.g. 288, 144, 72 of 576), the ones the last instruction token
+    attends to most in the stage's first layer ``layers[i]``: that layer's input norm,
+    ``q``/``k`` projections and RoPE applied to the full hidden states entering it (the
+    authors' ``pdrop_rank_drop``, which reads ``self.layers[rank_layer]`` after layer
+    ``rank_layer - 1`` ran). ``renumber`` (default: True on 1-D RoPE, as in the authors'
+    code; False on M-RoPE) gives kept tokens consecutive positions.
     """
 
     layers: tuple[int, ...] = (8, 16, 24)
@@ -180,7 +199,8 @@ class PDrop(MethodConfig):
         resolve_renumber(self.renumber, True, adapter)
 
     def target(self, visual_before: torch.Tensor, stage: int) -> torch.Tensor:
-        return (visual_before.double() * self.ratios[stage]).round().long().clamp(min=1)
+        """``int(n * ratio)`` as the authors' code counts (at least 1), ``(B,)``."""
+        return (visual_before.double() * self.ratios[stage]).floor().long().clamp(min=1)
 
 
 def install(model: nn.Module, config: Any, handle: Any, adapter: Any, stages, policy, renumber):
@@ -204,4 +224,6 @@ def apply_fastv(model: nn.Module, config: FastV, handle: Any, adapter: Any) -> I
 @METHODS.register("pdrop", PDrop)
 def apply_pdrop(model: nn.Module, config: PDrop, handle: Any, adapter: Any) -> InLLMPruner:
     renumber = resolve_renumber(config.renumber, True, adapter)
-    return install(model, config, handle, adapter, config.layers, LastTokenPolicy(config), renumber)
+    return install(
+        model, config, handle, adapter, config.layers, StageLayerPolicy(config), renumber
+    )

@@ -1,22 +1,35 @@
 """SparseVLM (Zhang et al., 2024, arXiv 2410.04417): text-guided visual-token pruning with
-token recycling, inside the language model.
+token recycling, inside the language model. Reference: github.com/Gumpest/SparseVLMs,
+``llava/model/language_model/{modelling_sparse_llama,score,utils}.py`` at v1.0 (commit
+91fb6d9) and at tag v1.5 (which only changed how many tokens a stage keeps).
 
 1. *Raters.* Once per prompt, from the language model's input embeddings: the question
-   tokens (text after the last visual token) whose relevance to the image,
-   ``mean_v softmax_t(E_v . E_t)``, is above the mean (the reference code's definition).
+   tokens (text after the last image token) whose relevance to the image,
+   ``mean_v softmax_t(E_v . E_t)``, is above the mean (the reference's ``t_token_idx``).
 2. *Scores.* At each stage, the attention the raters pay each visual token in the layer
-   before the stage, averaged over raters and heads (``kernels.attention_scores``).
-3. *How many.* A fixed schedule (``keep``/``tokens`` per stage, default the paper's
-   192-token LLaVA schedule 300/200/110 of 576), or ``adaptive=True``: keep
-   ``int(rank(P) * scale + bias)`` tokens, ``P`` the raters x visual attention block (no
-   pruning at a stage where ``P`` has full rank).
+   before the stage (softmax over every key, averaged over raters and heads;
+   ``kernels.attention_scores``, no attention matrix).
+3. *How many.* A fixed schedule, ``keep``/``tokens`` per stage (default v1.5's 192-token
+   schedule for LLaVA-1.5, 300/200/110 of 576: ``sparse_token_dict`` in ``score.py``), or
+   ``adaptive=True``, v1.0's rank rule (``attn_postprocess_rank`` in ``score.py``, the
+   paper's rank-based adaptive sparsification): keep ``min(int(rank(P) * scale + bias),
+   n - 1)`` of the ``n`` visual tokens, ``P`` the raters x visual attention block, and prune
+   nothing at a stage where ``P`` has full rank ``n``. v1.0 ran it with ``scale=13.5,
+   bias=0`` after layers 2, 6, 15, 19, i.e. ``layers=(3, 7, 16, 20)`` here.
 4. *Recycling.* Of the tokens a stage drops, the ``recycle`` fraction with the highest
    scores (``int(n * recycle) + 1``) is clustered by density peaks into
-   ``int(m * cluster_ratio) + 1`` groups and each group's mean hidden state is kept, as one
-   visual token at the position of the group's last member (so no token sees a later one).
+   ``int(m * cluster_ratio) + 1`` groups; the groups' means are inserted, in cluster order,
+   right after the last kept image token, as the reference concatenates [prompt prefix and
+   kept visual tokens, merged tokens, the rest]. Renumbered (the default on 1-D RoPE, as the
+   reference truncates ``position_ids`` to the new length), they take the positions that
+   follow the kept visual tokens; on M-RoPE each takes the position of the token it follows.
+   Later stages rank them with the other visual tokens, as the reference does.
 
-Layers follow the in-LLM convention (:mod:`.methods`): the reference prunes the outputs of
-0-indexed layers 2, 6 and 15 of LLaVA-1.5-7B, i.e. ``layers=(3, 7, 16)`` here.
+Layers follow the in-LLM convention (:mod:`.methods`): v1.5 prunes the outputs of 0-indexed
+layers 2, 6 and 15 of LLaVA-1.5-7B, ranked by those layers' attention: ``layers=(3, 7, 16)``.
+Beyond the reference (one image, batch 1, LLaVA-1.5): batches with padding, several images
+or videos (recycled tokens follow the last kept image token of the prompt), and image
+separators (LLaVA-NeXT/OneVision newlines), which are never raters, candidates or merged.
 
 >>> SparseVLM().target(torch.tensor([576]), 0).tolist()
 [300]
@@ -132,20 +145,23 @@ class SparseVLM(MethodConfig):
 
 
 def question_mask(tokens: Tokens, row: int) -> torch.Tensor:
-    """``(L,)`` bool: real text tokens after the row's last visual token (else its last token)."""
-    visual = tokens.visual[row]
-    positions = torch.arange(visual.shape[0], device=visual.device)
-    last_visual = int((positions * visual).max())
-    mask = ~visual & (positions > last_visual)
+    """``(L,)`` bool: real text tokens after the row's last image token (else its last token)."""
+    image = tokens.image[row]
+    positions = torch.arange(image.shape[0], device=image.device)
+    last_image = int((positions * image).max())
+    mask = ~image & (positions > last_image)
     if tokens.padding is not None:
-        mask &= ~tokens.padding[row].to(visual.device)
+        mask &= ~tokens.padding[row].to(image.device)
     if not bool(mask.any()):
         mask = positions == int(tokens.last[row])
     return mask
 
 
 class RaterPolicy:
-    """SparseVLM's scoring (raters' attention) and selection (schedule or rank, recycling)."""
+    """SparseVLM's scoring (raters' attention in the layer before the stage) and selection
+    (schedule or rank, recycling)."""
+
+    rank_layer_offset = 1
 
     def __init__(self, config: SparseVLM):
         self.config = config
@@ -199,27 +215,31 @@ class RaterPolicy:
             target = config.target(prefill.visual_before.to(scores.device), stage)
         drop = drop_count(available, target.minimum(available))
         keep_mask = drop_mask(scores, visual, drop)
+        keep = keep_mask.nonzero()[:, 1].view(visual.shape[0], -1)
         count, groups = config.recycled(drop)
-        anchors, values = [], []
+        if count == 0:
+            return Selection(keep=keep, visual=visual.gather(1, keep))
+        image = tokens.image.to(scores.device)
+        rows, slots, values = [], [], []
         for row in range(visual.shape[0]):
-            if count == 0:
-                break
             dropped = (visual[row] & ~keep_mask[row]).nonzero().squeeze(-1)
             order = torch.sort(scores[row, dropped], descending=True, stable=True).indices
             chosen = dropped[order[:count]]
-            assignment, means = density_peak_merge(hidden[row, chosen.to(hidden.device)], groups)
-            last = torch.full((groups,), -1, dtype=torch.long, device=chosen.device)
-            last = last.scatter_reduce(0, assignment.to(chosen.device), chosen, reduce="amax")
-            keep_mask[row, last] = True
-            order = torch.argsort(last)
-            anchors.append(last[order])
-            values.append(means[order.to(means.device)])
-        keep = keep_mask.nonzero()[:, 1].view(visual.shape[0], -1)
-        selection = Selection(keep=keep, visual=visual.gather(1, keep))
-        if anchors:
-            selection.replace = torch.searchsorted(keep, torch.stack(anchors))
-            selection.values = torch.stack(values)
-        return selection
+            _, means = density_peak_merge(hidden[row, chosen.to(hidden.device)], groups)
+            kept = keep[row]
+            after = int(image[row, kept].nonzero().max())  # the last kept image token
+            rows.append(
+                torch.cat([kept[: after + 1], kept[after].repeat(groups), kept[after + 1 :]])
+            )
+            slots.append(torch.arange(after + 1, after + 1 + groups, device=kept.device))
+            values.append(means)
+        keep, replace = torch.stack(rows), torch.stack(slots)
+        return Selection(
+            keep=keep,
+            visual=visual.gather(1, keep).scatter(1, replace, True),
+            replace=replace,
+            values=torch.stack(values),
+        )
 
 
 @METHODS.register("sparsevlm", SparseVLM)

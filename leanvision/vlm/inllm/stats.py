@@ -55,6 +55,16 @@ def record(pruner: Any, prefill: Any) -> None:
         avg_tokens_per_layer=sum(tokens_per_layer) / depth,
         avg_visual_tokens_per_layer=sum(visual_per_layer) / depth,
         kept_index=[s.index.detach().cpu() for s in sets[1:]],
+        # where each token of a stage's set sat in the previous set, and the positions of the
+        # tokens the stage inserted (SparseVLM's recycled tokens; they repeat, in kept_index,
+        # the original position of the token they follow)
+        kept_source=[s.source.detach().cpu() for s in sets[1:]],
+        inserted_index=[
+            None if s.inserted is None else s.inserted.detach().cpu() for s in sets[1:]
+        ],
+        separators=[0] * batch
+        if sets[0].separator is None
+        else [int(v) for v in sets[0].separator.sum(-1).tolist()],
         prefill_flops_before=before,
         prefill_flops_after=after,
         flops_ratio=after / before,
