@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import diffusers
 
-    from leanvision.diffusion.few_step import distill, few_step
+    from leanvision.diffusion.consistency import distill, few_step
 
     teacher = diffusers.StableDiffusionPipeline.from_pretrained(
         args.model,

@@ -217,7 +217,7 @@ def _leanvision(name: str):
 
 
 def bench_prefill(rows: list[dict], dtype: torch.dtype) -> None:
-    from leanvision.kernels.attention.ref import attention_ref
+    from leanvision.kernels.ops.attention.ref import attention_ref
 
     attention = _leanvision("attention")
     for length in (1024, 4096, 16384):
@@ -285,8 +285,8 @@ def measure_copy_bandwidth(numel: int = 1 << 29) -> float:
 
 
 def bench_decode(rows: list[dict], dtype: torch.dtype, copy_gbs: float) -> None:
-    from leanvision.kernels.decode.op import decode_attention
-    from leanvision.kernels.decode.ref import decode_attention_ref
+    from leanvision.kernels.ops.decode.op import decode_attention
+    from leanvision.kernels.ops.decode.ref import decode_attention_ref
 
     element = torch.empty((), dtype=dtype).element_size()
     for batch in (1, 8, 32):
@@ -318,8 +318,8 @@ def bench_decode(rows: list[dict], dtype: torch.dtype, copy_gbs: float) -> None:
 
 
 def bench_linear(rows: list[dict], dtype: torch.dtype) -> None:
-    from leanvision.kernels.linear_attention.op import linear_attention
-    from leanvision.kernels.linear_attention.ref import linear_attention_ref
+    from leanvision.kernels.ops.linear_attention.op import linear_attention
+    from leanvision.kernels.ops.linear_attention.ref import linear_attention_ref
 
     for shape in efficientvit_b1_linear_attention_shapes(1024, 2048):
         q, k, v = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))

@@ -118,7 +118,7 @@ def best_config(run: Callable[[dict], object], candidates: list[dict]) -> tuple[
 
 def tune_attention(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, dict]:
     from leanvision.kernels._triton_common import next_pow2
-    from leanvision.kernels.attention.triton import attention_triton
+    from leanvision.kernels.ops.attention.triton import attention_triton
 
     found: dict[str, dict] = {}
     for head_dim, causal in itertools.product(args.head_dims, (False, True)):
@@ -155,7 +155,7 @@ def tune_attention(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, di
 
 def tune_scores(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, dict]:
     from leanvision.kernels._triton_common import next_pow2
-    from leanvision.kernels.scores.triton import attention_scores_triton
+    from leanvision.kernels.ops.scores.triton import attention_scores_triton
 
     found: dict[str, dict] = {}
     length = max(args.lengths)

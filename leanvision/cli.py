@@ -1,13 +1,83 @@
-"""Command line: ``leanvision info | bench | demo``."""
+"""Command line: ``leanvision info | bench | demo``.
+
+A bad argument, a missing file or a missing optional dependency ends the command with one
+line on stderr, ``leanvision: error: ...``, and exit status 2; ``--debug`` (or
+``LEANVISION_DEBUG=1``) shows the traceback instead.
+
+>>> main(["bench", "--repeat", "0"])  # stderr: leanvision: error: argument --repeat: ...
+2
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 
+from leanvision.core.errors import (
+    AlreadyPatchedError,
+    MissingDependencyError,
+    UnsupportedModelError,
+    UpstreamVersionError,
+)
+
 DTYPES = ("float32", "float16", "bfloat16")
+DEBUG_ENV = "LEANVISION_DEBUG"
+MODEL_SUITES = ("vlm", "diffusion")
+MODEL_HELP = (
+    "the model of a model benchmark; nothing is downloaded. vlm: a local transformers "
+    "checkpoint directory (image-text-to-text, e.g. fetched with `hf download "
+    "llava-hf/llava-1.5-7b-hf --local-dir DIR`) or a shape name (random weights at real "
+    "shapes: {shapes}); diffusion: a local Stable Diffusion 1.x pipeline directory"
+)
+
+
+class UsageError(Exception):
+    """A bad command line: the message is shown as ``leanvision: error: <message>``."""
+
+
+# What a user can fix: shown as one line, exit status 2. Anything else is a bug: traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    ValueError,
+    TypeError,
+    OSError,  # FileNotFoundError, PermissionError, IsADirectoryError...
+    ImportError,  # MissingDependencyError and a plain missing module
+    UnsupportedModelError,
+    MissingDependencyError,
+    AlreadyPatchedError,
+    UpstreamVersionError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` (one line) instead of printing usage + exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; give an int >= {low}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; give cpu, cuda or cuda:N")
+    return text
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -17,29 +87,63 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model(model: str | None, names: list[str]) -> None:
+    """Refuse a ``--model`` that no model suite can load, before anything runs."""
+    from leanvision.testing.vlm_shapes import REAL_SHAPES
+
+    if model is None:
+        return
+    if not set(names) & set(MODEL_SUITES):
+        raise UsageError(
+            f"--model is read by the {' and '.join(MODEL_SUITES)} benchmarks only; "
+            f"{names} would ignore it"
+        )
+    if os.path.isdir(model):
+        return
+    if model in REAL_SHAPES and "diffusion" not in names:
+        return
+    if os.path.exists(model):
+        raise UsageError(f"--model {model!r} is a file; give the checkpoint's directory")
+    shapes = f" or a vlm shape name ({', '.join(sorted(REAL_SHAPES))})"
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    hint = (
+        f"; leanvision bench does not download: run `hf download {model} --local-dir DIR` "
+        f"and pass --model DIR"
+        if looks_like_hub_id
+        else ""
+    )
+    raise UsageError(
+        f"--model {model!r} is not a local directory; give a checkpoint directory"
+        f"{shapes if 'diffusion' not in names else ''}{hint}"
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
     from leanvision.bench import BenchOptions, format_table, load_suites, report, run_suites
-    from leanvision.bench.suites import DEFAULT_SUITES
+    from leanvision.bench.suites import DEFAULT_SUITES, SUITES
     from leanvision.core.env import environment_info
+    from leanvision.core.registry import did_you_mean
 
-    suites = load_suites()
     if args.list:
-        for name, suite in sorted(suites.items()):
+        for name, suite in sorted(load_suites().items()):
             if isinstance(suite, Exception):
                 print(f"{name:<10} unavailable: {suite}")
             else:
                 print(f"{name:<10} {suite.description}")
         return 0
     names = args.names or list(DEFAULT_SUITES)
-    unknown = [name for name in names if name not in suites]
+    # Checked against the suite table, before any suite (and its libraries) is imported.
+    unknown = [name for name in names if name not in SUITES]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; available: {sorted(suites)}", file=sys.stderr)
-        return 2
+        hint = did_you_mean(unknown[0], sorted(SUITES))
+        raise UsageError(f"unknown benchmark(s) {unknown}{hint}; available: {sorted(SUITES)}")
+    _check_model(args.model, names)
+    if args.json and os.path.isdir(args.json):
+        raise UsageError(f"--json {args.json!r} is a directory; give a file name")
+    import torch
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda was asked for, but no CUDA device is available", file=sys.stderr)
-        return 2
+        raise UsageError("--device cuda was asked for, but no CUDA device is available")
     options = BenchOptions(
         device=args.device,
         dtype=getattr(torch, args.dtype),
@@ -54,6 +158,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     options_record = {**vars(args), "names": names}
     options_record.pop("func", None)
+    options_record.pop("debug", None)
     written = report.write_json(timings, json_path, environment_info(), options_record)
     print(f"\nresults: {written}")
     if args.plot:
@@ -70,38 +175,83 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="leanvision", description="Make the vision models you already use cheaper to run."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    from leanvision.testing.vlm_shapes import REAL_SHAPES
 
-    info = commands.add_parser("info", help="versions, device, kernel mode, optional features")
+    # --debug is accepted before or after the subcommand (SUPPRESS: a subcommand's default
+    # does not overwrite a --debug given before it).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+    parser = _Parser(
+        prog="leanvision",
+        description="Make the vision models you already use cheaper to run.",
+        parents=[debug],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{info,bench,demo}")
+
+    info = commands.add_parser(
+        "info", parents=[debug], help="versions, device, kernel mode, optional features"
+    )
     info.set_defaults(func=_info)
 
-    bench = commands.add_parser("bench", help="run benchmarks (default: the main job)")
+    bench = commands.add_parser(
+        "bench", parents=[debug], help="run benchmarks (default: the main job)"
+    )
     bench.add_argument("names", nargs="*", help="benchmarks to run (see --list)")
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     bench.add_argument("--json", help="where to write results (default: bench-results/...json)")
     bench.add_argument("--plot", help="also write a PNG plot here")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    bench.add_argument(
+        "--device", default="cpu", type=_device, help="cpu, cuda or cuda:N (default: cpu)"
+    )
     bench.add_argument("--dtype", default="float32", choices=DTYPES)
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
-    bench.add_argument("--model", help="a local checkpoint path or hub id, for model suites")
+    bench.add_argument(
+        "--model",
+        help=MODEL_HELP.format(shapes=", ".join(sorted(REAL_SHAPES))),
+        metavar="DIR|SHAPE",
+    )
     bench.add_argument(
         "--full", action="store_true", help="full-size models and schedules even on a CPU (slow)"
     )
-    bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--repeat", type=int, default=5)
+    bench.add_argument("--warmup", type=_int_at_least(0), default=2, help="untimed calls (>= 0)")
+    bench.add_argument("--repeat", type=_int_at_least(1), default=5, help="timed calls (>= 1)")
     bench.set_defaults(func=_bench)
 
-    demo = commands.add_parser("demo", help="the Gradio demo (not yet available)")
+    demo = commands.add_parser("demo", parents=[debug], help="the Gradio demo (not yet available)")
     demo.set_defaults(func=_demo)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run the ``leanvision`` command with ``argv`` (default: ``sys.argv[1:]``); return the
+    exit status: 0 on success, 2 for a user error (reported in one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else 0
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"leanvision: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("leanvision: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -61,7 +61,14 @@ _SUITES: dict[str, Suite] = {}
 def register_benchmark(
     name: str, description: str
 ) -> Callable[[Callable[[BenchOptions], Iterable[Case]]], Callable[[BenchOptions], Iterable[Case]]]:
-    """Register a suite: a function from :class:`BenchOptions` to the :class:`Case` s to time."""
+    """Register a suite: a function from :class:`BenchOptions` to the :class:`Case` s to time.
+
+    >>> @register_benchmark("doc-demo", "an empty call, for the docs")
+    ... def doc_demo(options):
+    ...     return [Case("noop", lambda: None)]
+    >>> get_suite("doc-demo").description
+    'an empty call, for the docs'
+    """
 
     def decorator(
         cases: Callable[[BenchOptions], Iterable[Case]],
@@ -75,11 +82,16 @@ def register_benchmark(
 
 
 def load_suites() -> dict[str, Suite | Exception]:
-    """Import every known suite module; a suite whose optional dependency is missing maps to
-    the import error so that ``--list`` can say why it is unavailable."""
+    """Import every known suite module and return every registered suite (yours too); a suite
+    whose optional dependency is missing maps to the import error so that ``--list`` can say
+    why it is unavailable.
+
+    >>> {"vlm", "diffusion"} <= set(load_suites())
+    True
+    """
     from leanvision.bench.suites import SUITES
 
-    found: dict[str, Suite | Exception] = {}
+    found: dict[str, Suite | Exception] = dict(_SUITES)
     for name, module in SUITES.items():
         try:
             importlib.import_module(module)
@@ -90,6 +102,12 @@ def load_suites() -> dict[str, Suite | Exception]:
 
 
 def get_suite(name: str) -> Suite:
+    """The registered suite ``name``; ``ValueError`` naming the available ones otherwise, or the
+    suite's import error when its optional dependency is missing.
+
+    >>> get_suite("vlm").name
+    'vlm'
+    """
     suites = load_suites()
     if name not in suites:
         raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(sorted(suites))}")

@@ -42,6 +42,13 @@ def format_table(timings: Sequence[Timing]) -> str:
     ``MIN_SPREAD_SAMPLES`` samples (``n``); ``vs baseline`` is the median of the per-pair
     ratios (case and baseline timed in turn) and ``ratio IQR`` their quartiles; ``bound`` and
     ``check`` appear when a case knows its FLOPs/MACs ratio.
+
+    >>> from leanvision.bench import Case, run_cases
+    >>> print(format_table(run_cases("demo", [Case("noop", lambda: None)], repeat=2)))
+    ... # doctest: +ELLIPSIS
+    suite  group  case  ms/call ...
+    -----  ...
+    demo          noop  ...
     """
     metric_names: list[str] = []
     for timing in timings:
@@ -78,6 +85,16 @@ def format_table(timings: Sequence[Timing]) -> str:
 def write_json(
     timings: Sequence[Timing], path: str | os.PathLike, environment: dict, options: dict
 ) -> Path:
+    """Write ``timings`` with the ``environment`` and the run's ``options`` as JSON to ``path``
+    (folders created); returns the path.
+
+    >>> import json, tempfile
+    >>> from leanvision.bench import Case, run_cases
+    >>> timings = run_cases("demo", [Case("noop", lambda: None)], repeat=2)
+    >>> path = write_json(timings, tempfile.mkdtemp() + "/run.json", {"cpu": "x"}, {"repeat": 2})
+    >>> json.loads(path.read_text())["results"][0]["case"]
+    'noop'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -90,7 +107,15 @@ def write_json(
 
 
 def write_plot(timings: Sequence[Timing], path: str | os.PathLike) -> Path:
-    """Horizontal bars of throughput, one panel per (suite, group), baseline drawn grey."""
+    """Horizontal bars of throughput, one panel per (suite, group), baseline drawn grey; writes
+    a PNG to ``path`` (needs matplotlib) and returns the path.
+
+    >>> import tempfile
+    >>> from leanvision.bench import Case, run_cases
+    >>> timings = run_cases("demo", [Case("noop", lambda: None)], repeat=2)
+    >>> write_plot(timings, tempfile.mkdtemp() + "/run.png").stat().st_size > 0
+    True
+    """
     import matplotlib
 
     matplotlib.use("Agg")

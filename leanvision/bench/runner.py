@@ -221,6 +221,10 @@ def time_call(
 
     Calls shorter than ``min_sample_s`` are looped inside one sample so that timer
     resolution and launch jitter do not dominate.
+
+    >>> samples = time_call(lambda: sum(range(100)), warmup=1, repeat=3)
+    >>> len(samples), all(s > 0 for s in samples)
+    (3, True)
     """
     sampler = _Sampler(Case("call", fn), device, warmup, min_sample_s)
     return [sampler.sample() for _ in range(repeat)]
@@ -323,7 +327,14 @@ def run_suites(
     warmup: int = 2,
     repeat: int = 5,
 ) -> list[Timing]:
-    """Run the registered suites ``names`` and return one :class:`Timing` per case."""
+    """Run the registered suites ``names`` and return one :class:`Timing` per case.
+
+    >>> from leanvision.bench import Case, register_benchmark
+    >>> _ = register_benchmark("doc-noop", "an empty call")(lambda options: [Case("noop", int)])
+    >>> [timing.case for timing in run_suites(["doc-noop"], warmup=0, repeat=2)]
+    ... # doctest: +ELLIPSIS
+    [...'noop']
+    """
     options = options or BenchOptions()
     timings: list[Timing] = []
     for name in names:

@@ -34,7 +34,12 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval."""
+    """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval.
+
+    >>> check_range("keep", 1.5, 0, 1, low_inclusive=False)
+    Traceback (most recent call last):
+    ValueError: keep=1.5 is out of range; allowed: (0, 1]
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
@@ -49,7 +54,13 @@ def check_range(
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``.
+
+    >>> check_choice("method", "lcm", ["lcm", "tcd"])
+    >>> check_choice("method", "ddim", ["lcm", "tcd"])
+    Traceback (most recent call last):
+    ValueError: method='ddim' is not allowed; choose one of ['lcm', 'tcd']
+    """
     options = list(choices)
     if value not in options:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {options}")

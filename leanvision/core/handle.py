@@ -42,7 +42,8 @@ class Handle:
             raise AlreadyPatchedError(
                 f"{type(model).__name__} already has a leanvision {family!r} patch "
                 f"({current[family].method!r}); call .remove() on its Handle before applying "
-                f"{method!r}"
+                f"{method!r} (if you no longer hold it: "
+                f"lv.Handle.active(model)[{family!r}].remove())"
             )
         self._model_ref = weakref.ref(model)
         self.family = family

@@ -11,6 +11,7 @@ import numpy as np
 from leanvision.core.errors import MissingDependencyError
 from leanvision.datasets import sampling
 from leanvision.datasets.errors import MediaError, check_readable_file
+from leanvision.datasets.images import IMAGE_EXTENSIONS
 from leanvision.datasets.video_backends import (
     DecordFailed,
     StreamInfo,
@@ -40,6 +41,13 @@ class Video:
         num_source_frames: how many frames the source holds.
         backend: ``"decord"`` or ``"pyav"``, whichever decoded the frames.
         path: the file the frames came from.
+
+    >>> from leanvision.datasets.samples import sample_video_path
+    >>> video = load_video(sample_video_path(), fps=1.0)    # one frame per second of 3 s
+    >>> len(video), video.frames.shape, video.timestamps.tolist(), video.indices.tolist()
+    (3, (3, 240, 320, 3), [0.0, 1.0, 2.0], [0, 30, 60])
+    >>> video.fps, video.duration, video.num_source_frames
+    (30.0, 3.0, 90)
     """
 
     frames: np.ndarray
@@ -99,6 +107,32 @@ def _select_indices(
         raise MediaError(path, str(error)) from error
 
 
+# Formats with a signature PIL checks; single-frame files of these are images, not videos.
+# (MPO, multi-picture JPEG, opens through the JPEG plugin.)
+_IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+def _refuse_image(path: str) -> None:
+    """Raise :class:`MediaError` if ``path`` holds a still image (by content or extension)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.init()  # registers every plugin: ``formats=`` only finds registered ones
+    formats = [name for name in _IMAGE_FORMATS if name in Image.OPEN]
+    try:
+        with Image.open(path, formats=formats) as opened:
+            if getattr(opened, "n_frames", 1) > 1:
+                return  # an animated GIF/WebP: a video decoder may read it
+            kind = f"a {opened.format} image"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in IMAGE_EXTENSIONS:
+            return
+        kind = f"an image file (by its {extension} extension)"
+    raise MediaError(
+        path, f"this is {kind}, not a video; use leanvision.datasets.load_image to load it"
+    )
+
+
 def _available_backends(backend: str) -> tuple:
     av = import_optional("av")
     decord = import_optional("decord") if backend != "pyav" else None
@@ -131,8 +165,9 @@ def load_video(
     error instead of hanging decord.
 
     Raises ``ValueError`` (:class:`~leanvision.datasets.MediaError`) naming the file and the
-    problem for a missing, empty, truncated, corrupt or frameless file, ``fps <= 0``, or more
-    frames than the video (or the ``[start, end)`` range) holds;
+    problem for a missing, empty, truncated, corrupt or frameless file, a still image (use
+    :func:`load_image`), ``fps <= 0``, or more frames than the video (or the
+    ``[start, end)`` range) holds;
     :class:`leanvision.MissingDependencyError` when neither decord nor PyAV is installed.
 
     >>> from leanvision.datasets.samples import sample_video_path
@@ -144,8 +179,9 @@ def load_video(
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
     _check_arguments(path, num_frames, fps, backend)
-    av, decord = _available_backends(backend)
     path = check_readable_file(path)
+    _refuse_image(path)
+    av, decord = _available_backends(backend)
     info = probe_pyav(av, path) if av is not None else None
 
     reader = None

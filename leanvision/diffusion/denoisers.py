@@ -20,6 +20,9 @@ import torch
 
 from leanvision.core.errors import UnsupportedModelError
 
+# The family named in refusals, so a model of another library is pointed at its entry point.
+FAMILY = "diffusion"
+
 __all__ = [
     "DENOISERS",
     "DenoiserSpec",
@@ -91,16 +94,18 @@ def find_denoiser(obj: Any) -> tuple[torch.nn.Module, Any, DenoiserSpec]:
     if isinstance(obj, torch.nn.Module):
         spec = DENOISERS.get(type(obj).__name__)
         if spec is None:
-            raise UnsupportedModelError(obj, _supported(), what="denoiser")
+            raise UnsupportedModelError(obj, _supported(), what="denoiser", family=FAMILY)
         return obj, None, spec
     for attribute in _DENOISER_ATTRIBUTES:
         denoiser = getattr(obj, attribute, None)
         if isinstance(denoiser, torch.nn.Module):
             spec = DENOISERS.get(type(denoiser).__name__)
             if spec is None:
-                raise UnsupportedModelError(denoiser, _supported(), what=f"pipe.{attribute}")
+                raise UnsupportedModelError(
+                    denoiser, _supported(), what=f"pipe.{attribute}", family=FAMILY
+                )
             return denoiser, obj, spec
-    raise UnsupportedModelError(obj, _supported(), what="pipeline or denoiser")
+    raise UnsupportedModelError(obj, _supported(), what="pipeline or denoiser", family=FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

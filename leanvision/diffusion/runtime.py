@@ -38,7 +38,6 @@ pay off there.
 from __future__ import annotations
 
 import functools
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 from leanvision.compat import diffusers as df_compat
 from leanvision.compat.diffusers import BaseState, ModelHook, StateManager
 from leanvision.core.handle import Handle
+from leanvision.core.warn import warn_user
 from leanvision.diffusion._hooks import register_hook
 
 __all__ = ["MIN_CACHE_STEPS", "DenoiserRuntime", "get_runtime"]
@@ -103,6 +103,19 @@ class DenoiserRuntime:
     ``num_steps`` (loop iterations of this run, ``None`` when unknown), ``timestep`` (of the
     current call) and ``caching_allowed``. Methods call :meth:`mark_reused` when a call
     reused cached work, and register :meth:`on_run_start` / :meth:`on_call` callbacks.
+    Build it with :func:`get_runtime`.
+
+    >>> from leanvision.core.handle import Handle
+    >>> from leanvision.testing import tiny_sd_pipeline
+    >>> pipe = tiny_sd_pipeline().model
+    >>> with Handle.build(pipe.unet, "diffusion", "demo") as handle:
+    ...     runtime = get_runtime(handle, pipe.unet, pipe)
+    ...     seen = []
+    ...     runtime.on_call(lambda: seen.append((runtime.step_index, runtime.branch)))
+    ...     _ = pipe("a fox", num_inference_steps=5, height=16, width=16, output_type="latent")
+    >>> seen, runtime.num_steps
+    ([(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)], 5)
+    >>> handle.remove()
     """
 
     def __init__(self, handle: Handle, denoiser: torch.nn.Module, pipe: Any = None):
@@ -231,11 +244,10 @@ class DenoiserRuntime:
             self.num_steps = self._count_steps(timestep)
             if self.num_steps is not None and self.num_steps < MIN_CACHE_STEPS:
                 self.caching_allowed = False
-                warnings.warn(
+                warn_user(
                     f"this run has {self.num_steps} denoising steps; step caching needs at "
-                    f"least {MIN_CACHE_STEPS}, so every step runs in full",
-                    UserWarning,
-                    stacklevel=2,
+                    f"least {MIN_CACHE_STEPS}, so every step runs in full (pass "
+                    f"num_inference_steps >= {MIN_CACHE_STEPS} to pipe(...) to cache)"
                 )
         self._reused = False
         self._context_set_by_us = False
@@ -293,7 +305,16 @@ def get_runtime(handle: Handle, denoiser: torch.nn.Module, pipe: Any = None) -> 
     """The handle's runtime, installed on first use (one per handle, shared by its methods).
 
     The runtime's hooks and scheduler wrappers are recorded in ``handle`` and undone by
-    ``handle.remove()``.
+    ``handle.remove()``. ``pipe`` (optional) lets it count steps through the scheduler.
+
+    >>> from leanvision.core.handle import Handle
+    >>> from leanvision.testing import tiny_dit
+    >>> pipe = tiny_dit().model
+    >>> with Handle.build(pipe.transformer, "diffusion", "demo") as handle:
+    ...     runtime = get_runtime(handle, pipe.transformer, pipe)
+    >>> get_runtime(handle, pipe.transformer, pipe) is runtime
+    True
+    >>> handle.remove()
     """
     runtime = _RUNTIMES.get(handle)
     if runtime is None:

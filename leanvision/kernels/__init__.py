@@ -11,11 +11,11 @@ when a Triton path runs; without triton installed the torch path still works.
 torch.Size([1, 2, 8, 64])
 """
 
-from leanvision.kernels.attention.op import attention
-from leanvision.kernels.decode.op import decode_attention
 from leanvision.kernels.dispatch import kernel_mode, resolve_backend
-from leanvision.kernels.linear_attention.op import linear_attention
-from leanvision.kernels.scores.op import attention_scores
+from leanvision.kernels.ops.attention.op import attention
+from leanvision.kernels.ops.decode.op import decode_attention
+from leanvision.kernels.ops.linear_attention.op import linear_attention
+from leanvision.kernels.ops.scores.op import attention_scores
 
 __all__ = [
     "attention",

@@ -88,7 +88,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def kernel_mode() -> str:
-    """How kernels run in this process by default: compiled, interpreted or torch fallback."""
+    """How kernels run in this process by default: compiled, interpreted or torch fallback.
+
+    >>> kernel_mode().split(" ")[0] in ("compiled", "interpreted", "torch")
+    True
+    """
     if not triton_installed():
         return "torch fallback (triton not installed)"
     if interpreter_enabled():

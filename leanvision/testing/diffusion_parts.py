@@ -16,6 +16,9 @@ import transformers as tf
 from leanvision.testing.common import TinyModel
 
 PROMPT = "a red fox in snow"
+# Denoising steps of the default inputs: enough for every step cache to reuse (they need at
+# least ``leanvision.diffusion.runtime.MIN_CACHE_STEPS``), still well under a second.
+DEFAULT_STEPS = 10
 # Name -> diffusers scheduler class. "heun" is second order (two UNet calls per step) and
 # "dpm" is a multistep solver: caching methods must cope with both.
 SCHEDULERS: dict[str, type] = {
@@ -166,11 +169,12 @@ def flow_scheduler() -> df.FlowMatchEulerDiscreteScheduler:
 def call_inputs(
     seed: int, output_type: str, guidance_scale: float, **extra: Any
 ) -> Callable[[], dict[str, Any]]:
-    """``make_inputs`` for a 2-step call with a freshly seeded generator on every call."""
+    """``make_inputs`` for a :data:`DEFAULT_STEPS`-step call with a freshly seeded generator
+    on every call."""
 
     def make_inputs() -> dict[str, Any]:
         return dict(
-            num_inference_steps=2,
+            num_inference_steps=DEFAULT_STEPS,
             guidance_scale=guidance_scale,
             generator=seeded_generator(seed),
             output_type=output_type,

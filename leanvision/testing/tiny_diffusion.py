@@ -3,7 +3,9 @@
 Every factory builds the real diffusers pipeline class from tiny component configs (shaped
 like diffusers' own ``get_dummy_components``), with in-memory tokenizers, so nothing touches
 the model hub. The weights come from ``seed`` (the caller's global RNG is left alone) and
-``inputs`` carry a ``torch.Generator`` seeded with the same ``seed``.
+``inputs`` carry a ``torch.Generator`` seeded with the same ``seed`` and ask for
+``DEFAULT_STEPS`` (10) denoising steps: enough for step caches to reuse features, so
+``lv.diffusion.accelerate(tiny.model, "deepcache")`` shows cached calls on the default inputs.
 
 A generator is consumed by a call, so a second call with the same ``inputs`` draws new
 noise. ``info["make_inputs"]()`` returns fresh inputs with a freshly seeded generator: use it
@@ -12,8 +14,8 @@ to compare a baseline run with a patched one on identical noise.
 >>> tiny = tiny_sd_pipeline(seed=0)
 >>> tiny.model(**tiny.inputs).images.shape
 (1, 32, 32, 3)
->>> tiny.info["family"], tiny.info["denoiser"]
-('sd', 'unet')
+>>> tiny.info["family"], tiny.info["denoiser"], tiny.inputs["num_inference_steps"]
+('sd', 'unet', 10)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from leanvision.testing.common import TinyModel
 from leanvision.testing.diffusion_parts import (
+    DEFAULT_STEPS,
     PROMPT,
     SCHEDULERS,
     build,
@@ -43,6 +46,7 @@ from leanvision.testing.diffusion_parts import (
 )
 
 __all__ = [
+    "DEFAULT_STEPS",
     "SCHEDULERS",
     "images_of",
     "tiny_dit",
@@ -84,9 +88,9 @@ def tiny_sd_pipeline(
     """A tiny Stable Diffusion 1.x pipeline (UNet 32/64 channels, 2-layer CLIP text encoder).
 
     ``scheduler`` is one of ``SCHEDULERS`` ("ddim", "heun", "dpm", "euler"). ``img2img``
-    gives a ``StableDiffusionImg2ImgPipeline`` (4 steps at strength 0.5, i.e. 2 denoising
-    steps) and ``controlnet`` a ``StableDiffusionControlNetPipeline`` whose ControlNet is
-    copied from the UNet; both put the conditioning image in ``inputs["image"]``. Images are
+    gives a ``StableDiffusionImg2ImgPipeline`` (``2 * DEFAULT_STEPS`` steps at strength 0.5,
+    i.e. ``DEFAULT_STEPS`` denoising steps) and ``controlnet`` a
+    ``StableDiffusionControlNetPipeline`` whose ControlNet is copied from the UNet; both put the conditioning image in ``inputs["image"]``. Images are
     ``size`` x ``size`` (a multiple of 4), latents half that.
 
     >>> tiny = tiny_sd_pipeline(scheduler="heun")
@@ -130,13 +134,17 @@ def tiny_sd_pipeline(
     def make_inputs() -> dict[str, Any]:
         inputs: dict[str, Any] = dict(
             prompt=PROMPT,
-            num_inference_steps=2,
+            num_inference_steps=DEFAULT_STEPS,
             guidance_scale=5.0,
             generator=seeded_generator(seed),
             output_type=output_type,
         )
         if img2img:
-            inputs.update(image=conditioning_image(seed, size), num_inference_steps=4, strength=0.5)
+            inputs.update(
+                image=conditioning_image(seed, size),
+                num_inference_steps=2 * DEFAULT_STEPS,
+                strength=0.5,
+            )
         else:
             inputs.update(height=size, width=size)
         if controlnet:

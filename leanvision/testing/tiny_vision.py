@@ -29,6 +29,10 @@ def tiny_efficientvit(
     ``inputs`` is ``{"x": (batch, 3, resolution, resolution)}``; ``resolution`` must be a
     positive multiple of 32 (the backbone's total stride). The batch-norm statistics are
     randomised too, so a patch that mishandles them changes the outputs.
+
+    >>> tiny = tiny_efficientvit(batch=2)
+    >>> tiny.inputs["x"].shape, tiny.model(**tiny.inputs).shape
+    (torch.Size([2, 3, 64, 64]), torch.Size([2, 10]))
     """
     from timm.models.efficientvit_mit import EfficientVit
 

@@ -23,7 +23,7 @@ from torch import nn
 from leanvision.compat.timm import LITE_MLA_PARTS, efficientvit_class
 from leanvision.kernels import linear_attention
 from leanvision.kernels.dispatch import BACKENDS
-from leanvision.kernels.linear_attention.op import MAX_HEAD_DIM, MIN_HEAD_DIM
+from leanvision.kernels.ops.linear_attention.op import MAX_HEAD_DIM, MIN_HEAD_DIM
 
 LayerFactory = type[nn.Module] | None
 

@@ -192,7 +192,12 @@ _ADE20K = (
 
 @dataclasses.dataclass(frozen=True)
 class Palette:
-    """A label set: ``classes[i]`` is drawn in ``colors[i]`` (uint8 RGB, shape (K, 3))."""
+    """A label set: ``classes[i]`` is drawn in ``colors[i]`` (uint8 RGB, shape (K, 3)).
+
+    >>> cityscapes = PALETTES["cityscapes"]
+    >>> len(cityscapes), cityscapes.classes[0], cityscapes.colors[0].tolist()
+    (19, 'road', [128, 64, 128])
+    """
 
     name: str
     classes: tuple[str, ...]

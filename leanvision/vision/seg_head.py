@@ -38,7 +38,8 @@ class SegHead(nn.Module):
 
     ``in_channels``/``strides`` list the fused feature maps (EfficientViT: stages 2, 3, 4 at
     strides 8, 16, 32). ``final_expand``: channel multiplier of the 1x1 conv before the
-    classifier, or None for no such conv.
+    classifier, or None for no such conv. ``forward(features)``: one (B, C_i, H/s_i, W/s_i)
+    map per stride s_i -> (B, num_classes, H/head_stride, W/head_stride) logits.
 
     >>> head = SegHead((16, 32, 64), (8, 16, 32), head_width=16, head_depth=1, num_classes=5)
     >>> feats = [torch.randn(1, c, 32 // s * 4, 32 // s * 4) for c, s in zip((16, 32, 64), (8, 16, 32))]

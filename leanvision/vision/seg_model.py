@@ -32,8 +32,17 @@ HEAD_STYLES = ("cityscapes", "ade20k")
 class EfficientViTSeg(nn.Module):
     """EfficientViT-B backbone + :class:`SegHead`; ``forward(x)`` gives per-class logits.
 
+    Built by :func:`efficientvit_seg`. ``forward(x)``: x is (B, 3, H, W) float,
+    ImageNet-normalised RGB, H and W >= 32; logits are (B, num_classes, ceil(H/8),
+    ceil(W/8)), or (B, num_classes, H, W) with ``full_resolution=True``.
     ``pad``: an input whose sides are not multiples of 32 is zero-padded at the bottom and
     right and the logits cropped back (True), or rejected with a ``ValueError`` (False).
+
+    >>> model = efficientvit_seg("b0", num_classes=5)
+    >>> isinstance(model, EfficientViTSeg), model(torch.randn(2, 3, 40, 72)).shape
+    (True, torch.Size([2, 5, 5, 9]))
+    >>> model(torch.randn(1, 3, 40, 72), full_resolution=True).shape
+    torch.Size([1, 5, 40, 72])
     """
 
     def __init__(

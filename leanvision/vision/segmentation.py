@@ -25,8 +25,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass
 class SegmentationResult:
-    """``class_map``: (H, W) int64 class ids at the image's size; ``overlay``: the image
-    blended with the palette colours (PIL RGB); ``logits``: (num_classes, H, W) fp32."""
+    """What :func:`segment` returns for one H x W image.
+
+    ``class_map``: (H, W) int64 class ids at the image's size; ``overlay``: the image
+    blended with the palette colours (PIL RGB, W x H); ``palette``: the :class:`Palette`
+    used; ``logits``: (num_classes, H, W) fp32, resized to the image.
+
+    >>> from leanvision.datasets import sample_image_paths
+    >>> from leanvision.vision import efficientvit_seg
+    >>> result = segment(efficientvit_seg("b0"), sample_image_paths()[0])  # 320x240 JPEG
+    >>> result.class_map.shape, result.logits.shape, result.overlay.size
+    ((240, 320), torch.Size([19, 240, 320]), (320, 240))
+    """
 
     class_map: np.ndarray
     overlay: Image.Image
@@ -101,7 +111,15 @@ def segment(
     resized to ``size`` = (height, width) first; the logits are resized (bilinear) back to
     the image size. ``palette``: "cityscapes", "ade20k", a :class:`Palette`, or None (the
     known palette with the model's class count, else generated colours). ``alpha``: weight
-    of the colours in the overlay, in [0, 1].
+    of the colours in the overlay, in [0, 1]. Returns a :class:`SegmentationResult` at the
+    image's size: ``class_map`` (H, W) int64, ``overlay`` PIL RGB, ``logits`` (K, H, W).
+
+    >>> from leanvision.datasets import sample_image_paths
+    >>> from leanvision.vision import efficientvit_seg
+    >>> model = efficientvit_seg("b0", num_classes=150)          # ADE20K-sized head
+    >>> result = segment(model, sample_image_paths()[0], size=(128, 160), alpha=0.4)
+    >>> result.class_map.shape, result.palette.name
+    ((240, 320), 'ade20k')
     """
     from leanvision.datasets import load_image
 

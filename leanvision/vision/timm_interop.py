@@ -1,6 +1,7 @@
 """timm interop: run a timm EfficientViT on our LiteMLA, and load timm weights into ours.
 
-:func:`from_timm` patches a timm model *instance*: every ``efficientvit_mit.LiteMLA`` child
+The ``"linear-attention"`` method (``accelerate(model, "linear-attention")``, or its alias
+:func:`from_timm`) patches a timm model *instance*: every ``efficientvit_mit.LiteMLA`` child
 is replaced, on its parent, by a :class:`LiteMLA` that shares its submodules (so weights,
 devices and dtypes stay in sync), and the returned :class:`~leanvision.Handle` puts the timm
 modules back. :func:`load_timm_backbone` copies a timm ``efficientvit_b*`` state dict (a
@@ -9,6 +10,7 @@ model, a dict or a local file) into an :func:`efficientvit_seg` backbone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -18,62 +20,83 @@ import torch
 from torch import nn
 
 from leanvision.compat.timm import efficientvit_class
-from leanvision.core.errors import AlreadyPatchedError, UnsupportedModelError
+from leanvision.core.config import MethodConfig, check_choice
+from leanvision.core.errors import UnsupportedModelError
 from leanvision.core.handle import Handle
 from leanvision.kernels.dispatch import BACKENDS
 from leanvision.vision.lite_mla import LiteMLA
+from leanvision.vision.registry import METHODS
 
-FAMILY = "vision"
-SUPPORTED = ("timm efficientvit_b0..b3 / EfficientVit (efficientvit_mit.LiteMLA blocks)",)
+LINEAR_ATTENTION_SUPPORTED = (
+    "timm EfficientViT with efficientvit_mit.LiteMLA blocks (efficientvit_b0..b3, "
+    "EfficientVit; leanvision's efficientvit_seg models run this kernel already)",
+)
+
+
+@dataclasses.dataclass
+class LinearAttention(MethodConfig):
+    """Run a timm EfficientViT's LiteMLA blocks on leanvision's linear attention kernel.
+
+    ``backend``: the ``kernels.linear_attention`` backend, "auto" (Triton on CUDA, else the
+    fp32 torch path), "triton" or "torch".
+
+    >>> LinearAttention(backend="torch")
+    LinearAttention(backend='torch')
+    """
+
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        check_choice("backend", self.backend, BACKENDS)
 
 
 def _timm_lite_mla_class() -> type[nn.Module]:
     return efficientvit_class("LiteMLA")
 
 
-def from_timm(timm_model: nn.Module, *, backend: str = "auto") -> Handle:
-    """Run every LiteMLA of a timm EfficientViT through ``kernels.linear_attention``.
-
-    The outputs are those of the timm model (same math, same weights); ``handle.remove()``
-    puts the original timm modules back. ``handle.stats["replaced"]`` counts the blocks.
-    Raises :class:`~leanvision.UnsupportedModelError` if the model has no timm LiteMLA and
-    :class:`~leanvision.AlreadyPatchedError` if it is already patched.
-
-    >>> import timm
-    >>> model = timm.create_model("efficientvit_b0", pretrained=False).eval()
-    >>> with from_timm(model) as handle:
-    ...     logits = model(torch.randn(1, 3, 64, 64))
-    >>> handle.stats["replaced"], logits.shape
-    (4, torch.Size([1, 1000]))
-    """
-    if not isinstance(timm_model, nn.Module):
-        raise TypeError(f"timm_model must be a torch nn.Module; got {type(timm_model).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
-    active = Handle.active(timm_model).get(FAMILY)
-    if active is not None:
-        raise AlreadyPatchedError(
-            f"{type(timm_model).__name__} already has a leanvision {FAMILY!r} patch "
-            f"({active.method!r}); call .remove() on its Handle first"
-        )
+@METHODS.register("linear-attention", LinearAttention)
+def apply_linear_attention(model: nn.Module, config: LinearAttention, handle: Handle) -> None:
+    """Replace every timm ``LiteMLA`` child of ``model`` by ours (recorded on ``handle``)."""
     timm_class = _timm_lite_mla_class()
     targets = [
         (parent, name, child)
-        for parent in timm_model.modules()
+        for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is timm_class
     ]
     if not targets:
-        raise UnsupportedModelError(timm_model, SUPPORTED, what="timm_model")
+        raise UnsupportedModelError(
+            model, LINEAR_ATTENTION_SUPPORTED, what="linear-attention model", family="vision"
+        )
     # Build every replacement before touching the model: a failure changes nothing.
     replacements = [
-        (parent, name, LiteMLA.from_timm(child, backend=backend)) for parent, name, child in targets
+        (parent, name, LiteMLA.from_timm(child, backend=config.backend))
+        for parent, name, child in targets
     ]
-    with Handle.build(timm_model, FAMILY, "lite_mla", {"backend": backend}) as handle:
-        for parent, name, ours in replacements:
-            handle.set_attr(parent, name, ours)
-        handle.stats["replaced"] = len(replacements)
-    return handle
+    for parent, name, ours in replacements:
+        handle.set_attr(parent, name, ours)
+    handle.stats["replaced"] = len(replacements)
+
+
+def from_timm(timm_model: nn.Module, *, backend: str = "auto") -> Handle:
+    """Alias of ``accelerate(timm_model, "linear-attention", backend=backend)``.
+
+    Every timm ``LiteMLA`` block of a timm EfficientViT runs through
+    ``kernels.linear_attention`` (same math, same weights: outputs equal up to rounding);
+    ``handle.remove()`` puts the original timm modules back and ``handle.stats["replaced"]``
+    counts the blocks. Raises :class:`~leanvision.UnsupportedModelError` if the model has no
+    timm LiteMLA and :class:`~leanvision.AlreadyPatchedError` if it is already patched.
+
+    >>> import timm
+    >>> model = timm.create_model("efficientvit_b0", pretrained=False).eval()
+    >>> with from_timm(model) as handle:
+    ...     logits = model(torch.randn(1, 3, 64, 64))   # (B, 3, H, W) -> (B, 1000)
+    >>> handle.stats["replaced"], logits.shape
+    (4, torch.Size([1, 1000]))
+    """
+    from leanvision.vision.api import accelerate
+
+    return accelerate(timm_model, "linear-attention", backend=backend)
 
 
 # timm ``features_only`` models flatten the top-level Sequentials: stem_in_conv, stages_0...

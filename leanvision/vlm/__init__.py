@@ -1,12 +1,24 @@
 """Visual-token compression for transformers VLMs.
 
-``compress(model, method, **config) -> Handle`` shortens the visual part of the prompt
+``compress(model, method, **options) -> Handle`` shortens the visual part of the prompt
 (pre-LLM methods) or drops visual tokens inside the language model (in-LLM methods), for
 LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL and Idefics3/SmolVLM.
+``methods()`` lists the methods; each has a config class here (``VisionZip``, ``FastV``...)
+documenting its options.
 
->>> import leanvision as lv                                   # doctest: +SKIP
->>> h = lv.vlm.compress(model, "visionzip", tokens=64)         # doctest: +SKIP
->>> model.generate(**inputs); h.remove()                      # doctest: +SKIP
+>>> import leanvision as lv
+>>> from leanvision.testing import tiny_qwen2_vl
+>>> tiny = tiny_qwen2_vl()  # a random-weight Qwen2-VL; its image has 48 visual tokens
+>>> with lv.vlm.compress(tiny.model, "fastv", keep=0.25) as handle:
+...     out = tiny.model.generate(**tiny.inputs, max_new_tokens=2, do_sample=False)
+>>> handle.stats["tokens_after"]
+[12]
+
+With a real checkpoint, the same code after ``from_pretrained``::
+
+    model = LlavaForConditionalGeneration.from_pretrained("llava-hf/llava-1.5-7b-hf")
+    with lv.vlm.compress(model, "visionzip", tokens=64):
+        out = model.generate(**inputs, max_new_tokens=20)
 """
 
 from __future__ import annotations
@@ -20,13 +32,14 @@ _EXPORTS = {
     "VLMAdapter": "leanvision.vlm.adapters",
     "METHODS": "leanvision.vlm.registry",
     "load_methods": "leanvision.vlm.registry",
-    "BudgetConfig": "leanvision.vlm.methods",
-    "VisionZip": "leanvision.vlm.methods",
-    "PruMergePlus": "leanvision.vlm.methods",
-    "BipartiteMerge": "leanvision.vlm.methods",
-    "DivPrune": "leanvision.vlm.methods",
-    "RandomPrune": "leanvision.vlm.methods",
-    "Pool": "leanvision.vlm.methods",
+    "methods": "leanvision.vlm.registry",
+    "BudgetConfig": "leanvision.vlm.budget",
+    "VisionZip": "leanvision.vlm.prellm",
+    "PruMergePlus": "leanvision.vlm.prellm",
+    "BipartiteMerge": "leanvision.vlm.prellm",
+    "DivPrune": "leanvision.vlm.prellm",
+    "RandomPrune": "leanvision.vlm.prellm",
+    "Pool": "leanvision.vlm.prellm",
     "Tome": "leanvision.vlm.tome",
     "Temporal": "leanvision.vlm.video",
     "ProgressivePool": "leanvision.vlm.video",

@@ -28,7 +28,18 @@ def decoder_parameters(config: Any) -> int:
 
 
 def prefill_flops(config: Any, tokens: int) -> int:
-    """FLOPs of one prefill of ``tokens`` tokens through the language model (one sequence)."""
+    """FLOPs of one prefill of ``tokens`` tokens through the language model (one sequence).
+
+    ``config`` is the language model's config (``hidden_size``, ``intermediate_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``vocab_size``; optional
+    ``num_key_value_heads``, ``head_dim``). An estimate, in FLOPs (multiply-adds count 2).
+
+    >>> from types import SimpleNamespace
+    >>> c = SimpleNamespace(hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+    ...                     num_attention_heads=2, vocab_size=10)
+    >>> prefill_flops(c, 4), prefill_flops(c, 8) > 2 * prefill_flops(c, 4)  # attention: L^2
+    (11392, True)
+    """
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     linear = 2 * decoder_parameters(config) * tokens

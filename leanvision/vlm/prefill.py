@@ -116,6 +116,10 @@ class PrefillCompressor:
             )
         masks = self._placeholder_masks(input_ids, kwargs)
         segments = adapter.encode(model, kwargs, self.request)
+        check = getattr(self.config, "check_segment", None)
+        if check is not None:  # budgets above an image's tokens raise before anything changes
+            for segment in segments:
+                check(segment, adapter.name)
         for segment in segments:
             segment.reorder = self.renumber
         kept = [self.config.compress_segment(segment) for segment in segments]

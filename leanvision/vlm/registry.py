@@ -1,19 +1,36 @@
-"""The vlm family's method registry. Method modules register themselves on import."""
+"""The registry of ``lv.vlm.compress`` methods (pre-LLM and in-LLM)."""
 
 from __future__ import annotations
 
-import importlib
-
 from leanvision.core.registry import Registry
 
-METHODS: Registry = Registry("vlm")
-
 # Modules whose import registers methods: pre-LLM methods and in-LLM methods.
-METHOD_MODULES: tuple[str, ...] = ("leanvision.vlm.methods", "leanvision.vlm.inllm")
+METHOD_MODULES: tuple[str, ...] = ("leanvision.vlm.prellm", "leanvision.vlm.inllm")
+
+
+METHODS: Registry = Registry("vlm", modules=METHOD_MODULES)
 
 
 def load_methods() -> Registry:
-    """Import every method module once and return the populated registry."""
-    for module in METHOD_MODULES:
-        importlib.import_module(module)
-    return METHODS
+    """Import every method module once and return the populated registry (reading
+    ``METHODS`` does this too; kept for callers that used it).
+
+    >>> "fastv" in load_methods().names()
+    True
+    """
+    return METHODS.load()
+
+
+def methods() -> dict[str, str]:
+    """Every method ``lv.vlm.compress`` takes: name -> one-line description (the first line
+    of its config class's docstring; the class, e.g. ``lv.vlm.VisionZip``, documents the
+    options).
+
+    >>> import leanvision as lv
+    >>> catalogue = lv.vlm.methods()
+    >>> catalogue["visionzip"]
+    'VisionZip: CLS + dominant patches by CLS attention, plus merged contextual tokens.'
+    >>> sorted(catalogue)[:3]
+    ['bipartite-merge', 'divprune', 'fastv']
+    """
+    return METHODS.describe()

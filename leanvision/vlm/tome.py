@@ -39,8 +39,8 @@ from leanvision.compat import transformers as tf_compat
 from leanvision.core.config import check_range
 from leanvision.core.errors import UnsupportedModelError
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
+from leanvision.vlm.budget import BudgetConfig, too_many_tokens
 from leanvision.vlm.capture import key_padding_from_mask
-from leanvision.vlm.methods import BudgetConfig
 from leanvision.vlm.prefill import install_prefill
 from leanvision.vlm.registry import METHODS
 from leanvision.vlm.scorers import NO_REQUEST, Unit
@@ -63,14 +63,25 @@ TOWERS = ("llava, llava_next (CLIP)", "llava_onevision, idefics3/smolvlm (SigLIP
 
 @dataclasses.dataclass
 class Tome(BudgetConfig):
-    """ToMe: merge tokens inside every ViT block up to the feature block, with proportional
+    """ToMe: merge similar tokens inside every ViT block, with proportional attention.
+
+    Merges tokens inside every ViT block up to the feature block, with proportional
     attention. ``r``: tokens merged away per block (ToMe's r; at most half the unprotected
     tokens, as in the paper). Or ``tokens``/``keep``: tokens left per ViT input (image or crop,
     CLS not counted) after the feature block, reached by an even per-block schedule. Neither:
     ``keep=0.25``. The language model sees one token per group where the projector is
     per-token (LLaVA, LLaVA-NeXT, OneVision images). ``handle.stats`` adds
     ``vit_tokens_per_block`` (tokens entering block 0, then after each merging block) and
-    ``merge_schedule`` (tokens merged per block) of the last tower forward."""
+    ``merge_schedule`` (tokens merged per block) of the last tower forward.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "tome", keep=0.5) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["vit_tokens_per_block"], handle.stats["tokens_after"]  # CLS + 64 patches
+    ([65, 33], [32])
+    """
 
     r: int | None = None
 
@@ -112,10 +123,7 @@ class Tome(BudgetConfig):
         protected = int(adapter.has_cls(model))
         patches = (size // patch) ** 2
         if self.tokens is not None and self.tokens > patches:
-            raise ValueError(
-                f"tokens={self.tokens} is more than the {patches} patch tokens per ViT input "
-                f"of this {adapter.name} model; allowed: 1..{patches}"
-            )
+            raise too_many_tokens(self.tokens, patches, "ViT input", adapter.name)
         self.schedule(patches + protected, protected, last + 1)
 
     def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,8 +33,8 @@ import torch
 from leanvision.core.config import MethodConfig, check_range
 from leanvision.vlm import mergers
 from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
+from leanvision.vlm.budget import BudgetConfig, compress_frames
 from leanvision.vlm.inllm import FastV, PDrop, SparseVLM
-from leanvision.vlm.methods import BudgetConfig, compress_frames
 from leanvision.vlm.prefill import PrefillCompressor, install_prefill
 from leanvision.vlm.registry import METHODS
 from leanvision.vlm.scorers import NO_REQUEST, Unit, frame_similarity
@@ -103,9 +103,21 @@ class ThenMixin:
 
 @dataclasses.dataclass
 class Temporal(ThenMixin, BudgetConfig):
-    """Merge each frame's tokens that repeat the previous frame (cosine > ``threshold``),
+    """Temporal: merge video tokens that repeat the previous frame, then optionally more.
+
+    Merge each frame's tokens that repeat the previous frame (cosine > ``threshold``),
     then optionally apply ``then`` (a name or config): an image method to every frame, or an
-    in-LLM method to the shortened sequence (more options in ``then_options``)."""
+    in-LLM method to the shortened sequence (more options in ``then_options``).
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_qwen2_vl
+    >>> tiny = tiny_qwen2_vl(video=True)
+    >>> options = {"threshold": -1.0, "then": "pool", "tokens": 4}  # -1: every token repeats
+    >>> with lv.vlm.compress(tiny.model, "temporal", **options) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_before"], handle.stats["tokens_after"]  # 2 frames of 16
+    ([32], [4])
+    """
 
     threshold: float = 0.9
     then: str | MethodConfig | None = None
@@ -125,6 +137,13 @@ class Temporal(ThenMixin, BudgetConfig):
         then = self.then_config()
         if then is not None:
             then.check_model(model, adapter)
+
+    def check_segment(self, segment: VisualSegment, model_name: str) -> None:
+        """``tokens`` is ``then``'s budget: checked per frame by an image method (an in-LLM
+        one checks its own at the forward)."""
+        then = self.image_then()
+        if then is not None:
+            then.check_segment(segment, model_name)
 
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
         then = self.image_then()
@@ -181,9 +200,20 @@ class Temporal(ThenMixin, BudgetConfig):
 
 @dataclasses.dataclass
 class ProgressivePool(ThenMixin, BudgetConfig):
-    """Keep every ``group``-th frame whole and average-pool the others by ``stride``;
+    """Progressive pooling: every group-th video frame whole, the others pooled by stride.
+
+    Keep every ``group``-th frame whole and average-pool the others by ``stride``;
     optionally followed by the in-LLM method ``then`` (``tokens``/``keep`` and
-    ``then_options`` configure it)."""
+    ``then_options`` configure it).
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_qwen2_vl
+    >>> tiny = tiny_qwen2_vl(video=True)
+    >>> with lv.vlm.compress(tiny.model, "progressive_pool", stride=2, group=2) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_before"], handle.stats["tokens_after"]  # 16 + 16 / 4
+    ([32], [20])
+    """
 
     stride: int = 2
     group: int = 4
@@ -211,6 +241,9 @@ class ProgressivePool(ThenMixin, BudgetConfig):
         then = self.then_config()
         if then is not None:
             then.check_model(model, adapter)
+
+    def check_segment(self, segment: VisualSegment, model_name: str) -> None:
+        """Nothing: ``tokens``/``keep`` belong to the in-LLM ``then``, which checks them."""
 
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
         if segment.kind != "video" or not segment.frame_slices:

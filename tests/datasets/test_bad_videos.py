@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from leanvision.datasets import MediaError, load_video, sample_video_path
+from leanvision.datasets import MediaError, load_video, sample_image_paths, sample_video_path
 from leanvision.datasets.video_backends import import_optional
 
 pytest.importorskip("av")
@@ -135,3 +136,35 @@ def test_broken_files_neither_crash_nor_hang_the_interpreter(broken_videos, mode
     results = json.loads(child.stdout.strip().splitlines()[-1])
     assert len(results) == 3 * len(paths)
     assert set(results.values()) == {"ValueError"}, results
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index", range(4))
+def test_an_image_says_it_is_an_image_and_points_at_load_image(index, backend):
+    path = sample_image_paths()[index]  # JPEG, EXIF JPEG, grayscale PNG, palette PNG
+    with pytest.raises(ValueError, match=r"this is a (JPEG|PNG) image, not a video") as error:
+        load_video(path, num_frames=4, backend=backend)
+    _check(error, path)
+    assert "use leanvision.datasets.load_image" in str(error.value)
+    assert "frames" not in str(error.value)
+
+
+def test_an_image_is_recognised_by_content_and_by_extension(tmp_path, without_modules):
+    without_modules("av", "decord")  # said before any decoder is needed
+    renamed = tmp_path / "holiday.mp4"
+    renamed.write_bytes(Path(sample_image_paths()[0]).read_bytes())
+    with pytest.raises(MediaError, match="this is a JPEG image, not a video"):
+        load_video(renamed)
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"not a png at all" * 4)
+    with pytest.raises(MediaError, match=r"image file \(by its \.png extension\).*load_image"):
+        load_video(damaged)
+
+
+def test_an_animated_gif_is_still_decoded_as_a_video(tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    assert len(load_video(path, backend="pyav")) == 5

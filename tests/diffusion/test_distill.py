@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from leanvision import Handle, UnsupportedModelError
-from leanvision.diffusion.few_step import DistillConfig, distill, few_step
-from leanvision.diffusion.few_step import lcm_math as lcm
-from leanvision.diffusion.few_step.students import make_unet_student
+from leanvision.diffusion.consistency import DistillConfig, distill, few_step
+from leanvision.diffusion.consistency import lcm_math as lcm
+from leanvision.diffusion.consistency.students import make_unet_student
 from leanvision.testing import tiny_sd_pipeline
 
 # 32 px images -> 16 x 16 latents on the tiny pipeline (VAE scale factor 2).

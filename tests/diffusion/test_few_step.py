@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from leanvision import AlreadyPatchedError, Handle, MissingDependencyError, UnsupportedModelError
-from leanvision.diffusion.few_step import few_step
+from leanvision.diffusion.consistency import few_step
 from leanvision.testing import tiny_pixart, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny UNet calls

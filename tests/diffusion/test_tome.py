@@ -140,7 +140,9 @@ def patch(denoiser, config):
 
 
 def run(tiny, **overrides):
-    return tiny.model(**{**tiny.info["make_inputs"](), **overrides}).images
+    # 2 steps: token merging needs no step history, and the MAC counts below are per 2 steps.
+    inputs = {**tiny.info["make_inputs"](), "num_inference_steps": 2, **overrides}
+    return tiny.model(**inputs).images
 
 
 def attention_macs(tiny):
@@ -239,8 +241,12 @@ def test_self_attention_mask_is_refused(sd):
 def test_sdxl_merges_from_its_first_attention_level():
     tiny = tiny_sdxl_pipeline(seed=0)
     base = run(tiny)
-    with patch(tiny.model.unet, ToMe(ratio=0.5)), pytest.warns(UserWarning, match="max_downsample"):
+    with (
+        patch(tiny.model.unet, ToMe(ratio=0.5)),
+        pytest.warns(UserWarning, match="max_downsample") as caught,
+    ):
         np.testing.assert_array_equal(run(tiny), base)  # no attention at full resolution
+    assert {w.filename for w in caught} == {__file__}  # the user's pipe(...) line, in run()
     with patch(tiny.model.unet, ToMe(ratio=0.5, max_downsample=2)) as handle:
         merged = run(tiny)
         assert handle.stats["tome_merged_blocks"] > 0

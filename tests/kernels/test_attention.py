@@ -20,9 +20,9 @@ from kernel_helpers import (
 )
 
 from leanvision.kernels import attention, configs
-from leanvision.kernels.attention import triton as attention_triton_module
-from leanvision.kernels.attention.ref import attention_ref
-from leanvision.kernels.attention.triton import attention_triton
+from leanvision.kernels.ops.attention import triton as attention_triton_module
+from leanvision.kernels.ops.attention.ref import attention_ref
+from leanvision.kernels.ops.attention.triton import attention_triton
 
 # (B, Hq, Hkv, Lq, Lk, D, causal): GQA 8:2 and 8:1, Lq of 1/77/577/1025, D of 64..128,
 # Lq != Lk both ways (bottom-right causal). The long ones keep B*H and D small: the

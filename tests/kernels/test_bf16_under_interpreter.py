@@ -86,10 +86,10 @@ def test_decode_attention(backend):
 
 
 def test_launchers_refuse_bf16_instead_of_returning_garbage():
-    from leanvision.kernels.attention.triton import attention_triton
-    from leanvision.kernels.decode.triton import decode_attention_triton
-    from leanvision.kernels.linear_attention.triton import linear_attention_triton
-    from leanvision.kernels.scores.triton import attention_scores_triton
+    from leanvision.kernels.ops.attention.triton import attention_triton
+    from leanvision.kernels.ops.decode.triton import decode_attention_triton
+    from leanvision.kernels.ops.linear_attention.triton import linear_attention_triton
+    from leanvision.kernels.ops.scores.triton import attention_scores_triton
 
     x = randn(1, 2, 40, 32, dtype=BF16)
     calls = {

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from kernel_helpers import CPU_DTYPES, TOLERANCE, poisoned, randn, rel_err
 
-from leanvision.kernels.attention.ref import attention_ref
-from leanvision.kernels.decode.op import decode_attention
-from leanvision.kernels.decode.ref import decode_attention_ref
-from leanvision.kernels.decode.triton import (
+from leanvision.kernels.ops.attention.ref import attention_ref
+from leanvision.kernels.ops.decode.op import decode_attention
+from leanvision.kernels.ops.decode.ref import decode_attention_ref
+from leanvision.kernels.ops.decode.triton import (
     OVERFLOW_BOUND,
     UNDERFLOW_BOUND,
     choose_splits,

@@ -124,7 +124,7 @@ class Launch:
 
 
 def _kernel_module(op: str):
-    return importlib.import_module(f"leanvision.kernels.{op}.triton")
+    return importlib.import_module(f"leanvision.kernels.ops.{op}.triton")
 
 
 def _specialise(value: object) -> tuple[str, bool]:
@@ -475,7 +475,7 @@ def test_compiles_for_gpu(compiled, launch: Launch, target: str):
 def test_every_kernel_is_compiled_in_every_dtype():
     """The recorders saw every kernel of every kernel folder, in every dtype, for both targets;
     a new kernel folder must be added to OPS and to :func:`_call_launchers`."""
-    folders = {path.parent.name for path in Path(configs.__file__).parent.glob("*/triton.py")}
+    folders = {path.parent.name for path in Path(configs.__file__).parent.glob("ops/*/triton.py")}
     assert folders == set(OPS), f"kernel folders {sorted(folders)} vs OPS {sorted(OPS)}"
     for target in TARGETS:
         seen = {(launch.op, launch.dtype) for launch, t in (c.values for c in CASES) if t == target}

@@ -14,8 +14,8 @@ from kernel_helpers import (
 )
 
 from leanvision.kernels import linear_attention
-from leanvision.kernels.linear_attention.ref import linear_attention_ref
-from leanvision.kernels.linear_attention.triton import linear_attention_triton
+from leanvision.kernels.ops.linear_attention.ref import linear_attention_ref
+from leanvision.kernels.ops.linear_attention.triton import linear_attention_triton
 
 SHAPES = [(2, 3, 77, 16), (1, 2, 1025, 8), (1, 1, 577, 32), (1, 2, 200, 64), (2, 2, 5, 16)]
 

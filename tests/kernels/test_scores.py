@@ -8,8 +8,8 @@ from kernel_helpers import CPU_DTYPES, explicit_probs, padding_from_lengths, ran
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from leanvision.kernels import attention_scores
-from leanvision.kernels.scores import ref as scores_ref
-from leanvision.kernels.scores.triton import attention_scores_triton
+from leanvision.kernels.ops.scores import ref as scores_ref
+from leanvision.kernels.ops.scores.triton import attention_scores_triton
 
 BACKENDS = ("torch", "triton")
 # Scores are float32 sums of probabilities; fp16 inputs only round q and k.

@@ -1,11 +1,15 @@
-"""Tiny diffusers pipelines: real pipeline classes, offline, seeded, 2-step calls."""
+"""Tiny diffusers pipelines: real pipeline classes, offline, seeded, 10-step calls."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import leanvision as lv
+from leanvision.diffusion.runtime import MIN_CACHE_STEPS
 from leanvision.testing import tiny_diffusion as td
 
 FACTORIES = ["tiny_sd_pipeline", "tiny_sdxl_pipeline", "tiny_pixart", "tiny_dit", "tiny_flux"]
@@ -13,9 +17,9 @@ FACTORIES += ["tiny_sd3"]
 
 
 @pytest.mark.parametrize("name", FACTORIES)
-def test_two_step_call_gives_finite_images_of_the_stated_size(name):
+def test_default_call_gives_finite_images_of_the_stated_size(name):
     tiny = getattr(td, name)(seed=0)
-    assert tiny.inputs["num_inference_steps"] == 2
+    assert tiny.inputs["num_inference_steps"] == td.DEFAULT_STEPS == 10
     images = td.images_of(tiny.model(**tiny.inputs))
     assert images.shape == (1, tiny.info["height"], tiny.info["width"], 3)
     assert np.isfinite(images).all()
@@ -69,3 +73,39 @@ def test_bad_arguments_raise_naming_what_is_allowed():
         td.tiny_sd_pipeline(img2img=True, controlnet=True)
     with pytest.raises(ValueError):
         td.tiny_pixart(output_type="jpeg")
+
+
+# Every method at its default options does its work on the default inputs, without a warning:
+# the defaults run enough steps to cache (issue 14: "accelerate(tiny, 'deepcache') only warns").
+DEFAULT_METHODS = [
+    ("tiny_sd_pipeline", "deepcache"),
+    ("tiny_sd_pipeline", "inherit"),
+    ("tiny_sd_pipeline", "residual"),
+    ("tiny_sd_pipeline", "tome"),
+    ("tiny_pixart", "inherit"),
+    ("tiny_pixart", "residual"),
+    ("tiny_pixart", "tome"),
+    ("tiny_flux", "residual"),
+]
+
+
+@pytest.mark.parametrize(("name", "method"), DEFAULT_METHODS)
+def test_default_inputs_show_each_method_working(name, method):
+    tiny = getattr(td, name)(seed=0)
+    assert tiny.inputs["num_inference_steps"] >= MIN_CACHE_STEPS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with lv.diffusion.accelerate(tiny.model, method) as handle:
+            tiny.model(**tiny.inputs)
+    if method == "tome":
+        assert handle.stats["tome_merged_tokens"] > 0
+    else:
+        assert handle.stats["cached_calls"] > 0, handle.stats["last_run"]
+
+
+def test_img2img_default_runs_enough_denoising_steps_to_cache():
+    tiny = td.tiny_sd_pipeline(img2img=True)
+    with lv.diffusion.accelerate(tiny.model, "deepcache") as handle:
+        tiny.model(**tiny.inputs)
+    assert len(handle.stats["last_run"]) == td.DEFAULT_STEPS
+    assert handle.stats["cached_calls"] > 0

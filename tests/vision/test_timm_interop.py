@@ -67,8 +67,8 @@ def test_from_timm_rejects_models_without_lite_mla_and_bad_arguments():
     resnet_like = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
     with pytest.raises(UnsupportedModelError, match="efficientvit"):
         from_timm(resnet_like)
-    with pytest.raises(TypeError, match="nn.Module"):
-        from_timm("efficientvit_b0")
+    with pytest.raises(UnsupportedModelError, match="class 'str'.*timm EfficientViT"):
+        from_timm("efficientvit_b0")  # a name, not a model
     with pytest.raises(ValueError, match="backend"):
         from_timm(tiny_efficientvit().model, backend="fast")
     assert Handle.active(resnet_like) == {}

@@ -21,7 +21,7 @@ from leanvision.testing.vlm_shapes import TINY_SHAPES
 METHODS = {
     "fastv": ({"layer": 1, "keep": 0.25}, {"layer": 1, "keep": 1.0}),
     "pdrop": ({"layers": (1,), "ratios": (0.4,)}, {"layers": (1,), "ratios": (1.0,)}),
-    "sparsevlm": ({"layers": (1,), "keep": (0.4,)}, {"layers": (1,), "keep": (1.0,)}),
+    "sparsevlm": ({"layers": (1,), "ratios": (0.4,)}, {"layers": (1,), "ratios": (1.0,)}),
 }
 CASES = [(family, method) for family in FAMILIES for method in METHODS]
 
@@ -62,7 +62,7 @@ def test_keep_everything_is_exact(family: str, method: str) -> None:
     assert torch.equal(same, before)
 
 
-SPARSE = {"layers": (1,), "keep": (0.4,), "recycle": 0.0}
+SPARSE = {"layers": (1,), "ratios": (0.4,), "recycle": 0.0}
 # batch 1 and 4 on the main families; every other family at batch 2 (left padding, cached)
 GENERATE_CASES = [
     *[

@@ -167,7 +167,7 @@ def test_sparsevlm_text_raters_and_recycling() -> None:
     tiny = build("llava", batch=1, attn="eager")
     with (
         LLMInputs(tiny.model) as seen,
-        lv.vlm.compress(tiny.model, "sparsevlm", layers=(1,), keep=(0.4,)) as handle,
+        lv.vlm.compress(tiny.model, "sparsevlm", layers=(1,), ratios=(0.4,)) as handle,
         torch.no_grad(),
     ):
         tiny.model(**tiny.inputs)

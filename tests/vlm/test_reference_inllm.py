@@ -246,7 +246,7 @@ def test_sparsevlm_recycled_tokens_follow_the_kept_visual_tokens(batch: int) -> 
     (batch 2: left padding, the row's real tokens run alone)."""
     tiny = build("llava", batch=batch)
     positions = original_positions(tiny)
-    options = {"layers": (1,), "keep": (0.4,), "recycle": 0.3, "cluster_ratio": 0.5}
+    options = {"layers": (1,), "ratios": (0.4,), "recycle": 0.3, "cluster_ratio": 0.5}
     handle, hidden, logits = run(tiny, "sparsevlm", positions, **options)
     model = tiny.model
     adapter = get_adapter(model)
@@ -291,7 +291,7 @@ def test_sparsevlm_generate_with_recycling_matches_hand_run_layers() -> None:
     """Greedy decoding with the KV cache over a recycled layout (batch 2, left padding)
     equals the unpatched layers run by hand on the reported sets."""
     tiny = build("llava", batch=2)
-    options = {"layers": (1,), "keep": (0.4,), "recycle": 0.3, "cluster_ratio": 0.5}
+    options = {"layers": (1,), "ratios": (0.4,), "recycle": 0.3, "cluster_ratio": 0.5}
     with (
         LLMInputs(tiny.model) as seen,
         lv.vlm.compress(tiny.model, "sparsevlm", **options) as handle,
@@ -342,7 +342,7 @@ NEWLINE_FAMILIES = ["llava_next", "llava_onevision", "llava_onevision_video"]
 NEWLINE_METHODS = {
     "fastv": ({"layer": 1, "keep": 0.3}, 0, lambda n: round(n * 0.3)),
     "pdrop": ({"layers": (1,), "ratios": (0.3,)}, 1, lambda n: int(n * 0.3)),
-    "sparsevlm": ({"layers": (1,), "keep": (0.4,)}, 0, lambda n: round(n * 0.4)),
+    "sparsevlm": ({"layers": (1,), "ratios": (0.4,)}, 0, lambda n: round(n * 0.4)),
 }
 
 

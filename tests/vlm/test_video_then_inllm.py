@@ -21,7 +21,7 @@ VIDEO = {
 THEN = {
     "fastv": ({"layer": 1}, {"keep": 0.5}),
     "pdrop": ({"layers": (1,), "ratios": (0.5,)}, {}),
-    "sparsevlm": ({"layers": (1,), "keep": (0.5,)}, {}),
+    "sparsevlm": ({"layers": (1,), "ratios": (0.5,)}, {}),
 }
 
 

@@ -26,7 +26,7 @@ def _untouched(tiny, before: torch.Tensor) -> None:
         ("bipartite-merge", {"layer": -3}, "layer=-3"),
         ("fastv", {"layer": 2}, "layer=2"),  # the language model has 2 layers
         ("pdrop", {"layers": (1, 5), "ratios": (0.5, 0.25)}, "depth"),
-        ("sparsevlm", {"layers": (1,), "keep": (0.0,)}, "keep"),
+        ("sparsevlm", {"layers": (1,), "ratios": (0.0,)}, "ratios"),
         ("temporal", {}, "video"),  # LLaVA-1.5 takes images only
         ("progressive_pool", {}, "video"),
         ("nonexistent", {}, "nonexistent"),
@@ -102,7 +102,7 @@ SELECTIONS = [
     ("llava_onevision", "visionzip", {"keep": 0.3}),
     ("llava", "fastv", {"layer": 1, "keep": 0.25}),
     ("qwen2_vl", "fastv", {"layer": 1, "keep": 0.25}),
-    ("llava", "sparsevlm", {"layers": (1,), "keep": (0.4,)}),
+    ("llava", "sparsevlm", {"layers": (1,), "ratios": (0.4,)}),
 ]
 
 

@@ -35,7 +35,7 @@ import diffusers as df  # an ImportError here lists the suite as unavailable
 import torch
 
 from leanvision.bench.registry import BenchOptions, Case, register_benchmark
-from leanvision.diffusion.few_step import few_step
+from leanvision.diffusion.consistency import few_step
 from leanvision.diffusion.macs import denoising_macs
 from leanvision.testing.diffusion_parts import SD_SCHEDULE
 

@@ -30,15 +30,17 @@ Models: on the CPU, ``vlm_shaped("llava-1.5-7b")`` (images) and ``"llava-onevisi
 CUDA the full 7B shapes in bf16 with random weights, at batch 1 and 8; ``options.model``:
 a local checkpoint loaded with ``AutoModelForImageTextToText``/``AutoProcessor``.
 
->>> method_options("pdrop", 64, depth=32)[1]["layers"]
-(8, 16, 24)
+In-LLM methods get one budget, the visual tokens left after their last stage; leanvision
+derives their stages and places the papers' layers at the same relative depth of the model.
+
+>>> method_options("pdrop", 64)
+('pdrop', {'keep': 0.1111111111111111})
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import statistics
 import time
 import warnings
@@ -58,13 +60,6 @@ PRE_LLM = ("visionzip", "prumerge+", "bipartite-merge", "divprune", "random", "p
 IN_LLM = ("fastv", "pdrop", "sparsevlm")
 VIDEO_ONLY = ("temporal", "temporal+visionzip", "progressive_pool")
 UNBUDGETED = ("temporal", "progressive_pool")  # their token count follows from the video
-# In-LLM stage layers as published for the 32 decoder layers of LLaVA-1.5-7B; shallower
-# (shaped) models get them scaled by depth.
-REFERENCE_DEPTH = 32
-FASTV_LAYERS = (2,)
-PDROP_LAYERS = (8, 16, 24)
-SPARSEVLM_LAYERS = (3, 7, 16)
-SPARSEVLM_SCHEDULE = (300, 200, 110)  # the reference's per-stage proportions
 BASELINE = "uncompressed"
 
 
@@ -125,51 +120,22 @@ def default_config(options: BenchOptions) -> VLMBenchConfig:
     return config
 
 
-def scaled_layers(layers: Iterable[int], depth: int) -> tuple[int, ...]:
-    """Stage layers written for a 32-layer model, placed at the same relative depth of a
-    ``depth``-layer one (each at least 1 and at most ``depth - 1``; stages that collide merge).
-
-    >>> scaled_layers((8, 16, 24), 4), scaled_layers((3, 7, 16), 4), scaled_layers((2,), 28)
-    ((1, 2, 3), (1, 2), (2,))
-    """
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2 for in-LLM pruning, got {depth}")
-    scaled = {
-        min(depth - 1, max(1, math.ceil(layer * depth / REFERENCE_DEPTH))) for layer in layers
-    }
-    return tuple(sorted(scaled))
-
-
-def method_options(method: str, budget: int | None, depth: int) -> tuple[str, dict[str, Any]]:
+def method_options(method: str, budget: int | None) -> tuple[str, dict[str, Any]]:
     """``(registered name, options)`` of ``method`` at ``budget`` (of 576 tokens per image or
-    frame) on a language model with ``depth`` decoder layers.
+    frame).
 
-    >>> method_options("visionzip", 64, depth=32)
+    >>> method_options("visionzip", 64)
     ('visionzip', {'keep': 0.1111111111111111})
-    >>> method_options("pdrop", 64, depth=32)[1]["ratios"][-1] * 576
-    64.0
     """
     keep = None if budget is None else budget / REFERENCE_TOKENS
     if method in UNBUDGETED:
         return method, {}
     if keep is None:
         raise ValueError(f"method {method!r} needs a budget; only {UNBUDGETED} run without one")
-    if method in PRE_LLM:
+    if method in PRE_LLM + IN_LLM:
         return method, {"keep": keep}
     if method == "temporal+visionzip":
         return "temporal", {"then": "visionzip", "keep": keep}
-    if method == "fastv":
-        return "fastv", {"layer": scaled_layers(FASTV_LAYERS, depth)[0], "keep": keep}
-    if method == "pdrop":  # geometric pyramid ending at the budget (PyramidDrop's lambda^s)
-        layers = scaled_layers(PDROP_LAYERS, depth)
-        ratios = tuple(keep ** ((stage + 1) / len(layers)) for stage in range(len(layers)))
-        ratios = ratios[:-1] + (keep,)  # exact last ratio, free of pow() rounding
-        return "pdrop", {"layers": layers, "ratios": ratios}
-    if method == "sparsevlm":  # the reference's 300:200:110 shape, ending at the budget
-        layers = scaled_layers(SPARSEVLM_LAYERS, depth)
-        shape = SPARSEVLM_SCHEDULE[-len(layers) :]
-        keeps = tuple(min(1.0, keep * share / shape[-1]) for share in shape)
-        return "sparsevlm", {"layers": layers, "keep": keeps}
     known = PRE_LLM + IN_LLM + VIDEO_ONLY
     raise ValueError(f"method must be one of {known}, got {method!r}")
 
@@ -285,9 +251,7 @@ def _workload_cases(
     work: _Workload, methods: Iterable[str], config: VLMBenchConfig
 ) -> Iterator[Case]:
     from leanvision.core.errors import UnsupportedModelError
-    from leanvision.vlm import get_adapter
 
-    depth = len(get_adapter(work.model).decoder_layers(work.model))
     work.patches.use(None, {})
     base = _baseline_facts(work) | {"FLOPs ratio": 1.0} | _memory(work)
     decode = [_decode_seconds(work, config.new_tokens) for _ in range(config.repeats + 1)]
@@ -298,7 +262,7 @@ def _workload_cases(
     for method, budget in plan:
         label = method if budget is None else f"{method} @{budget}"
         try:
-            target = method_options(method, budget, depth)
+            target = method_options(method, budget)
             handle = work.patches.use(*target)
             memory = _memory(work)  # its prefill also fills handle.stats
             metrics = _method_facts(handle.stats, work.batch, base) | memory

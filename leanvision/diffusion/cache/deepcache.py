@@ -62,13 +62,19 @@ SCHEDULES = ("uniform", "nonuniform")
 
 @dataclasses.dataclass
 class DeepCache(MethodConfig):
-    """``interval``: one full step every ``interval`` steps (1 = no caching).
+    """DeepCache: reuse a UNet's deep features, recompute only its shallow skip branch.
+
+    ``interval``: one full step every ``interval`` steps (1 = no caching).
     ``branch``: the skip branch kept fresh, 0 = shallowest (``conv_in`` to the last up
     layer: cheapest, most reuse); branch ``b`` also recomputes the first ``b`` down layers.
     Default 1: the paper's SD 1.5 setting (``cache_layer_id=0, cache_block_id=0`` in the
     authors' code; ``cache_branch_id=1`` in ``DeepCacheSDHelper``).
     ``schedule``: ``"uniform"`` or ``"nonuniform"`` (full steps dense around ``center``, a
-    fraction of the run, spread with exponent ``power``; DeepCache's 1:N strategy)."""
+    fraction of the run, spread with exponent ``power``; DeepCache's 1:N strategy).
+
+    >>> full_step_schedule(DeepCache(interval=3), 7)  # True: the step runs in full
+    [True, False, False, True, False, False, True]
+    """
 
     interval: int = 3
     branch: int = 1

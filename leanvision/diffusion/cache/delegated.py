@@ -74,8 +74,14 @@ _UNSUPPORTED = {
 
 @dataclasses.dataclass
 class FirstBlockCache(MethodConfig):
-    """diffusers' first-block cache: skip the other blocks while the first block's residual
-    changes by less than ``threshold`` (relative mean absolute difference)."""
+    """diffusers' first-block cache: skip the other blocks while the first block barely changes.
+
+    The other blocks are skipped while the first block's residual changes by less than
+    ``threshold`` (relative mean absolute difference).
+
+    >>> FirstBlockCache(threshold=0.1).threshold
+    0.1
+    """
 
     threshold: float = 0.05
 
@@ -88,8 +94,14 @@ class FirstBlockCache(MethodConfig):
 
 @dataclasses.dataclass
 class PyramidAttentionBroadcast(MethodConfig):
-    """diffusers' PAB: recompute self-attention every ``spatial_skip`` steps (and
-    cross-attention every ``cross_skip``) while the timestep is inside ``timestep_range``."""
+    """diffusers' Pyramid Attention Broadcast: reuse attention outputs across steps.
+
+    Recompute self-attention every ``spatial_skip`` steps (and cross-attention every
+    ``cross_skip``) while the timestep is inside ``timestep_range``.
+
+    >>> PyramidAttentionBroadcast(spatial_skip=3).timestep_range
+    (100, 800)
+    """
 
     spatial_skip: int = 2
     cross_skip: int | None = None
@@ -113,12 +125,18 @@ class PyramidAttentionBroadcast(MethodConfig):
 
 @dataclasses.dataclass
 class FasterCache(MethodConfig):
-    """diffusers' FasterCache: attention reuse every ``spatial_skip`` steps inside
-    ``timestep_range``, plus CFG-cache (unconditional branch every ``unconditional_skip``
-    steps inside ``unconditional_timestep_range``; batched CFG only). ``guidance_distilled``
+    """diffusers' FasterCache: reuse attention across steps and the unconditional CFG branch.
+
+    Attention is reused every ``spatial_skip`` steps inside ``timestep_range``, plus
+    CFG-cache (unconditional branch every ``unconditional_skip`` steps inside
+    ``unconditional_timestep_range``; batched CFG only). ``guidance_distilled``
     defaults to the denoiser's ``guidance_embeds`` config (Flux-dev-like models). The first
     denoiser call of a run always computes in full (diffusers would crash there on
-    guidance-distilled models when the first timestep is inside ``timestep_range``)."""
+    guidance-distilled models when the first timestep is inside ``timestep_range``).
+
+    >>> FasterCache().unconditional_skip
+    5
+    """
 
     spatial_skip: int = 2
     timestep_range: tuple[float, float] = (-1, 681)
@@ -155,9 +173,14 @@ class FasterCache(MethodConfig):
 
 @dataclasses.dataclass
 class TaylorSeer(MethodConfig):
-    """diffusers' TaylorSeer: forecast attention outputs with a Taylor series of order
-    ``max_order``, recomputing every ``cache_interval`` steps after the first
-    ``disable_cache_before_step`` steps (and from ``disable_cache_after_step`` on)."""
+    """diffusers' TaylorSeer: forecast attention outputs from earlier steps by a Taylor series.
+
+    The series has order ``max_order``; attention is recomputed every ``cache_interval``
+    steps after the first ``disable_cache_before_step`` steps (and from ``disable_cache_after_step`` on).
+
+    >>> TaylorSeer(cache_interval=2).max_order
+    1
+    """
 
     cache_interval: int = 5
     disable_cache_before_step: int = 3

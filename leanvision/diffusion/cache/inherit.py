@@ -51,7 +51,13 @@ STEP_MODES = ("uniform", "early", "late")
 
 @dataclasses.dataclass
 class Inherit(MethodConfig):
-    """See the module docstring for the meaning of each option."""
+    """Feature inheritance (A-SDM): reuse a block's output from the previous step on some steps.
+
+    See the module docstring for the meaning of each option.
+
+    >>> Inherit(interval=3).granularity
+    'block'
+    """
 
     granularity: str = "block"
     targets: tuple[int, ...] | None = None

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ import torch
 from leanvision.compat.diffusers import ModelHook
 from leanvision.core.config import MethodConfig, check_range
 from leanvision.core.handle import Handle
+from leanvision.core.warn import warn_user
 from leanvision.diffusion._hooks import register_hook
 from leanvision.diffusion.cache._reuse import ReusePlan
 from leanvision.diffusion.cache.deepcache import deep_modules
@@ -60,11 +60,17 @@ MASK_FORMAT = "leanvision.residual-mask/1"
 
 @dataclasses.dataclass
 class Residual(MethodConfig):
-    """``threshold``: relative L1 drift of the probe below which the rest is reused.
+    """Adaptive residual caching: reuse the rest of the denoiser while a probe barely changes.
+
+    ``threshold``: relative L1 drift of the probe below which the rest is reused.
     ``warmup`` / ``cooldown``: first / last steps always run in full.
     ``max_consecutive_skips``: at most this many reused steps in a row.
     ``probe_blocks``: blocks (DiT) or down layers (UNet) in the probe.
-    ``mask``: path of a JSON written by :func:`calibrate`; replaces the adaptive rule."""
+    ``mask``: path of a JSON written by :func:`calibrate`; replaces the adaptive rule.
+
+    >>> Residual(threshold=0.2).max_consecutive_skips
+    3
+    """
 
     threshold: float = 0.1
     warmup: int = 1
@@ -120,10 +126,8 @@ class _Decider:
         self.handle = handle
         self.mask = load_mask(config.mask) if config.mask is not None else None
         if self.mask is not None and self.mask.get("model") != model:
-            warnings.warn(
-                f"mask {config.mask!r} was calibrated on {self.mask.get('model')!r}, not {model!r}",
-                UserWarning,
-                stacklevel=3,
+            warn_user(
+                f"mask {config.mask!r} was calibrated on {self.mask.get('model')!r}, not {model!r}"
             )
         self.reference: dict[int, torch.Tensor] = {}
         self.skips: dict[int, int] = {}
@@ -169,11 +173,9 @@ class _Decider:
     def _mask_fits(self) -> bool:
         if self.runtime.num_steps == len(self.mask["full_steps"]):
             return True
-        warnings.warn(
+        warn_user(
             f"mask {self.config.mask!r} has {len(self.mask['full_steps'])} steps but this run "
-            f"has {self.runtime.num_steps}; using the adaptive rule",
-            UserWarning,
-            stacklevel=4,
+            f"has {self.runtime.num_steps}; using the adaptive rule"
         )
         return False
 

@@ -11,9 +11,13 @@ Patched through forward hooks on the denoiser instance, its transformer blocks a
 so ``remove()`` restores the model bit for bit. Works on UNets (SD 1.x/2.x, SDXL) and on
 PixArt / DiT transformers, whose blocks are diffusers ``BasicTransformerBlock`` s.
 
->>> import leanvision as lv  # doctest: +SKIP
->>> with lv.diffusion.accelerate(pipe, "tome", ratio=0.5):  # doctest: +SKIP
-...     image = pipe("a red fox in snow").images[0]
+>>> import leanvision as lv
+>>> from leanvision.testing import tiny_sd_pipeline
+>>> pipe = tiny_sd_pipeline().model
+>>> with lv.diffusion.accelerate(pipe, "tome", ratio=0.5) as handle:
+...     image = pipe("a red fox in snow", num_inference_steps=2, height=32, width=32).images[0]
+>>> handle.stats["tome_merged_tokens"]  # in the last denoiser call: 5 blocks x CFG batch 2
+1280
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ DOWNSAMPLE_LEVELS = (1, 2, 4, 8)
 
 @dataclasses.dataclass
 class ToMe(MethodConfig):
-    """Token merging settings (defaults follow the paper's recommended SD setting).
+    """ToMe: merge similar tokens before attention, unmerge after (fewer attention FLOPs).
+
+    Defaults follow the paper's recommended SD setting.
 
     ``ratio``: fraction of a block's tokens merged away (0 = no-op; at most
     ``1 - 1/(sx*sy)``, since only sources can merge). ``max_downsample``: merge in blocks

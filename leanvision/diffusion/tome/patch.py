@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from leanvision.core.errors import UnsupportedModelError
 from leanvision.core.handle import Handle
+from leanvision.core.warn import warn_user
 from leanvision.diffusion.tome.matching import (
     _MASK31,
     TokenMerge,
@@ -114,11 +114,10 @@ class ToMeRuntime:
         idle = self.blocks_run > 0 and self.stats["tome_merged_blocks"] == 0
         if idle and self.config.ratio > 0 and not self.warned_idle:
             self.warned_idle = True
-            warnings.warn(
+            warn_user(
                 f"tome merged no tokens in this call: no transformer block runs at a grid at "
                 f"most max_downsample={self.config.max_downsample} times coarser than the "
-                f"latent; try max_downsample=2 (SDXL's first attention level)",
-                stacklevel=2,
+                f"latent; try max_downsample=2 (SDXL's first attention level)"
             )
 
     def _timestep_key(self, timestep: Any) -> torch.Tensor | int:
@@ -144,10 +143,9 @@ class ToMeRuntime:
         rows, cols = math.ceil(height / downsample), math.ceil(width / downsample)
         if rows * cols != count:
             if not self.warned_grid:
-                warnings.warn(
+                warn_user(
                     f"tome: a block has {count} tokens, not a {rows}x{cols} grid of the "
-                    f"{height}x{width} latent; such blocks run unmerged",
-                    stacklevel=2,
+                    f"{height}x{width} latent; such blocks run unmerged"
                 )
                 self.warned_grid = True
             return None

@@ -47,7 +47,11 @@ __all__ = [
 
 
 def supported_families() -> list[str]:
-    """One line per family: name and the transformers classes it covers."""
+    """One line per family: name and the transformers classes it covers.
+
+    >>> supported_families()[3]
+    'qwen2_vl (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)'
+    """
     return [f"{a.name} ({', '.join(a.class_names)})" for a in ADAPTERS]
 
 
@@ -56,10 +60,15 @@ def get_adapter(model: Any) -> VLMAdapter:
 
     Matches ``model.config.model_type``; raises :class:`leanvision.UnsupportedModelError`
     listing the supported families for anything else (including the inner ``model.model``).
+
+    >>> from leanvision.testing import tiny_qwen2_vl
+    >>> adapter = get_adapter(tiny_qwen2_vl().model)
+    >>> adapter.name, adapter.mrope, adapter.supports_video
+    ('qwen2_vl', True, True)
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             adapter.check_model(model)
             return adapter
-    raise UnsupportedModelError(model, supported_families())
+    raise UnsupportedModelError(model, supported_families(), family="vlm")

@@ -36,9 +36,10 @@ Accessors (stable API, used by pre-LLM methods here and by in-LLM methods in ``v
                                 placeholders appear, with scores and keys when requested.
 ==============================  ============================================================
 
->>> from leanvision.testing import tiny_llava          # doctest: +SKIP
->>> adapter = get_adapter(tiny_llava().model)          # doctest: +SKIP
->>> adapter.name, adapter.mrope                        # doctest: +SKIP
+>>> from leanvision.testing import tiny_llava
+>>> from leanvision.vlm import get_adapter
+>>> adapter = get_adapter(tiny_llava().model)
+>>> adapter.name, adapter.mrope
 ('llava', False)
 """
 
@@ -121,7 +122,20 @@ class VisualSegment:
 
 
 class VLMAdapter:
-    """Facts about one VLM family. Subclasses set the class attributes and ``encode``."""
+    """Facts about one VLM family. Subclasses set the class attributes and ``encode``.
+
+    Methods read a model only through its adapter (:func:`leanvision.vlm.get_adapter`):
+    where the vision tower, projector and decoder layers are, the placeholder token ids,
+    positions (1-D or M-RoPE), and ``encode`` (pixels -> one :class:`VisualSegment` of
+    ``(tokens, hidden)`` features per image, crop set or video).
+
+    >>> from leanvision.testing import tiny_llava
+    >>> from leanvision.vlm import get_adapter
+    >>> tiny = tiny_llava()
+    >>> adapter = get_adapter(tiny.model)
+    >>> adapter.name, adapter.tokens_per_image(tiny.model), len(adapter.decoder_layers(tiny.model))
+    ('llava', 64, 2)
+    """
 
     name: str = ""
     model_types: tuple[str, ...] = ()
@@ -243,7 +257,7 @@ class VLMAdapter:
         except AttributeError as error:
             # e.g. the inner ``model.model``: name every family, and that the outer model is due
             families = [f"{line}, the outer model" for line in supported_families()]
-            raise UnsupportedModelError(model, families) from error
+            raise UnsupportedModelError(model, families, family="vlm") from error
 
 
 def text_position_ids(

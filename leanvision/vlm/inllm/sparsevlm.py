@@ -9,13 +9,15 @@ token recycling, inside the language model. Reference: github.com/Gumpest/Sparse
 2. *Scores.* At each stage, the attention the raters pay each visual token in the layer
    before the stage (softmax over every key, averaged over raters and heads;
    ``kernels.attention_scores``, no attention matrix).
-3. *How many.* A fixed schedule, ``keep``/``tokens`` per stage (default v1.5's 192-token
-   schedule for LLaVA-1.5, 300/200/110 of 576: ``sparse_token_dict`` in ``score.py``), or
-   ``adaptive=True``, v1.0's rank rule (``attn_postprocess_rank`` in ``score.py``, the
-   paper's rank-based adaptive sparsification): keep ``min(int(rank(P) * scale + bias),
-   n - 1)`` of the ``n`` visual tokens, ``P`` the raters x visual attention block, and prune
-   nothing at a stage where ``P`` has full rank ``n``. v1.0 ran it with ``scale=13.5,
-   bias=0`` after layers 2, 6, 15, 19, i.e. ``layers=(3, 7, 16, 20)`` here.
+3. *How many.* One budget, ``keep`` (default 110/576, v1.5's 192-token setting for
+   LLaVA-1.5) or ``tokens``: what the last stage keeps; earlier stages follow the shape of the
+   reference's schedule, 300/200/110 of 576 (``sparse_token_dict`` in ``score.py``), scaled
+   to end at the budget (:func:`.budget.schedule_ratios`). Or ``ratios``, one kept fraction
+   per stage. Or ``adaptive=True``, v1.0's rank rule (``attn_postprocess_rank`` in
+   ``score.py``, the paper's rank-based adaptive sparsification): keep ``min(int(rank(P) *
+   scale + bias), n - 1)`` of the ``n`` visual tokens, ``P`` the raters x visual attention
+   block, and prune nothing at a stage where ``P`` has full rank ``n``. v1.0 ran it with
+   ``scale=13.5, bias=0`` after layers 2, 6, 15, 19, i.e. ``layers=(3, 7, 16, 20)`` here.
 4. *Recycling.* Of the tokens a stage drops, the ``recycle`` fraction with the highest
    scores (``int(n * recycle) + 1``) is clustered by density peaks into
    ``int(m * cluster_ratio) + 1`` groups; the groups' means are inserted, in cluster order,
@@ -26,33 +28,34 @@ token recycling, inside the language model. Reference: github.com/Gumpest/Sparse
    Later stages rank them with the other visual tokens, as the reference does.
 
 Layers follow the in-LLM convention (:mod:`.methods`): v1.5 prunes the outputs of 0-indexed
-layers 2, 6 and 15 of LLaVA-1.5-7B, ranked by those layers' attention: ``layers=(3, 7, 16)``.
+layers 2, 6 and 15 of LLaVA-1.5-7B, ranked by those layers' attention: ``layers=(3, 7, 16)``,
+the default on 32-layer models (scaled to other depths).
 Beyond the reference (one image, batch 1, LLaVA-1.5): batches with padding, several images
 or videos (recycled tokens follow the last kept image token of the prompt), and image
 separators (LLaVA-NeXT/OneVision newlines), which are never raters, candidates or merged.
 
->>> SparseVLM().target(torch.tensor([576]), 0).tolist()
-[300]
+>>> [SparseVLM().target(torch.tensor([576]), stage, 3).item() for stage in range(3)]
+[300, 200, 110]
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from leanvision.core.config import MethodConfig, check_range
+from leanvision.vlm.inllm.budget import check_overall_budget, schedule_shares
 from leanvision.vlm.inllm.engine import InLLMPruner, Prefill, Selection, Tokens
 from leanvision.vlm.inllm.methods import (
+    StagedBudget,
     attention_scale,
-    check_depth,
     check_layers,
     check_ratios,
     check_renumber,
     install,
-    resolve_renumber,
 )
 from leanvision.vlm.inllm.selection import (
     density_peak_merge,
@@ -64,22 +67,35 @@ from leanvision.vlm.inllm.selection import (
 )
 from leanvision.vlm.registry import METHODS
 
-# the reference's 192-token schedule for LLaVA-1.5 (576 visual tokens): 300, 200, 110
-PAPER_KEEP = (300 / 576, 200 / 576, 110 / 576)
+# the reference's 192-token schedule for LLaVA-1.5: 300, 200, 110 of 576 visual tokens
+PAPER_KEEP = 110 / 576
 
 
 @dataclasses.dataclass
-class SparseVLM(MethodConfig):
-    """SparseVLM: see the module docstring. ``layers``: stage starts (decoder layers that
-    see the previous token set); ``keep`` (ratios of the prompt's visual tokens, one per
-    stage) or ``tokens`` (absolute), or ``adaptive`` with ``scale``/``bias``; ``recycle``:
-    fraction of each stage's dropped tokens merged back (0 disables); ``cluster_ratio``:
-    groups per recycled token; ``renumber`` (default: True on 1-D RoPE, as the reference;
-    False on M-RoPE)."""
+class SparseVLM(StagedBudget, MethodConfig):
+    """SparseVLM: text-guided pruning inside the LLM; dropped tokens are recycled as merged ones.
 
-    layers: tuple[int, ...] = (3, 7, 16)
-    keep: tuple[float, ...] | None = None
-    tokens: tuple[int, ...] | None = None
+    See the module docstring. ``layers``: stage starts (decoder layers that see the previous
+    token set; default the reference's 3/7/16 of 32, scaled to the model's depth). Budget:
+    ``keep`` (default 110/576) or ``tokens``, what the last stage selects (its recycled,
+    merged tokens come on top, as in the reference), earlier stages in the reference's
+    300:200:110 shape; or ``ratios`` (one per stage); or ``adaptive`` with ``scale``/``bias``.
+    ``recycle``: fraction of each stage's dropped tokens merged back (0 disables); ``cluster_ratio``: groups per recycled token; ``renumber`` (default: True on
+    1-D RoPE, as the reference; False on M-RoPE).
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "sparsevlm", layers=(1,), keep=0.25) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_before"], handle.stats["tokens_after"]  # 16 kept + 2 recycled
+    ([64], [18])
+    """
+
+    layers: tuple[int, ...] | None = None
+    keep: float | None = None
+    tokens: int | None = None
+    ratios: tuple[float, ...] | None = None
     adaptive: bool = False
     scale: float = 13.5
     bias: float = 0.0
@@ -87,54 +103,39 @@ class SparseVLM(MethodConfig):
     cluster_ratio: float = 0.1
     renumber: bool | None = None
 
+    name: ClassVar[str] = "sparsevlm"
+    paper_layers: ClassVar[tuple[int, ...]] = (3, 7, 16)
+    default_keep: ClassVar[float] = PAPER_KEEP
+    default_renumber: ClassVar[bool] = True
+
     def validate(self) -> None:
-        self.layers = check_layers("layers", self.layers)
-        stages = len(self.layers)
-        budgets = [name for name in ("keep", "tokens") if getattr(self, name) is not None]
+        if self.layers is not None:
+            self.layers = check_layers("layers", self.layers)
         if not isinstance(self.adaptive, bool):
             raise TypeError(f"adaptive must be a bool, got {self.adaptive!r}")
-        if len(budgets) == 2 or (self.adaptive and budgets):
+        check_overall_budget(self.keep, self.tokens, self.ratios)
+        budgets = {"keep": self.keep, "tokens": self.tokens, "ratios": self.ratios}
+        given = {name: value for name, value in budgets.items() if value is not None}
+        if self.adaptive and given:
             raise ValueError(
-                "pass one budget: keep=, tokens=, or adaptive=True (got "
-                f"keep={self.keep!r}, tokens={self.tokens!r}, adaptive={self.adaptive!r})"
+                f"pass one budget: keep=, tokens=, ratios= or adaptive=True (got {given} "
+                "and adaptive=True)"
             )
-        if self.keep is not None:
-            self.keep = check_ratios("keep", self.keep, stages)
-        if self.tokens is not None:
-            if not isinstance(self.tokens, (list, tuple)) or len(self.tokens) != stages:
-                raise ValueError(
-                    f"tokens must list one count per stage ({stages}), got {self.tokens!r}"
-                )
-            for value in self.tokens:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"tokens must hold ints, got {value!r}")
-                check_range("tokens", value, low=1)
-            if any(b > a for a, b in zip(self.tokens, self.tokens[1:], strict=False)):
-                raise ValueError(
-                    f"tokens={list(self.tokens)!r} must not increase from stage to stage"
-                )
-            self.tokens = tuple(self.tokens)
-        if not budgets and not self.adaptive and stages != len(PAPER_KEEP):
-            raise ValueError(
-                f"layers has {stages} stage(s): pass keep= (one ratio per stage), tokens= or "
-                f"adaptive=True; the default schedule has {len(PAPER_KEEP)} stages"
-            )
+        if self.ratios is not None:
+            count = None if self.layers is None else len(self.layers)
+            self.ratios = check_ratios("ratios", self.ratios, count)
         check_range("scale", self.scale, low=0.0, low_inclusive=False)
         check_range("bias", self.bias)
         check_range("recycle", self.recycle, low=0.0, high=1.0)
         check_range("cluster_ratio", self.cluster_ratio, low=0.0, high=1.0, low_inclusive=False)
         check_renumber(self.renumber)
 
-    def check_model(self, model: nn.Module, adapter: Any) -> None:
-        check_depth("layers", self.layers, adapter, model)
-        resolve_renumber(self.renumber, True, adapter)
-
-    def target(self, visual_before: torch.Tensor, stage: int) -> torch.Tensor:
-        """Visual tokens selected per row at ``stage`` (recycled tokens come on top)."""
-        if self.tokens is not None:
-            return torch.full_like(visual_before, self.tokens[stage]).minimum(visual_before)
-        keep = self.keep if self.keep is not None else PAPER_KEEP
-        return (visual_before.double() * keep[stage]).round().long().clamp(min=1)
+    def stage_count(
+        self, visual_before: torch.Tensor, last: torch.Tensor, stage: int, stages: int
+    ) -> torch.Tensor:
+        """The last stage's count times the reference schedule's share of ``stage``."""
+        share = float(schedule_shares(stages)[stage])
+        return (last.double() * share).round().long()
 
     def recycled(self, dropped: int) -> tuple[int, int]:
         """``(tokens recycled, groups they merge into)`` when a stage drops ``dropped``."""
@@ -163,8 +164,9 @@ class RaterPolicy:
 
     rank_layer_offset = 1
 
-    def __init__(self, config: SparseVLM):
+    def __init__(self, config: SparseVLM, stages: int):
         self.config = config
+        self.stages = stages
         self.raters: list[torch.Tensor] = []
 
     def begin(self, prefill: Prefill, embeds: torch.Tensor | None) -> None:
@@ -212,7 +214,7 @@ class RaterPolicy:
             wanted = (ranks.double() * config.scale + config.bias).long().clamp(min=1)
             target = torch.where(ranks >= available, available, wanted.minimum(available - 1))
         else:
-            target = config.target(prefill.visual_before.to(scores.device), stage)
+            target = config.target(prefill.visual_before.to(scores.device), stage, self.stages)
         drop = drop_count(available, target.minimum(available))
         keep_mask = drop_mask(scores, visual, drop)
         keep = keep_mask.nonzero()[:, 1].view(visual.shape[0], -1)
@@ -244,5 +246,4 @@ class RaterPolicy:
 
 @METHODS.register("sparsevlm", SparseVLM)
 def apply_sparsevlm(model: nn.Module, config: SparseVLM, handle: Any, adapter: Any) -> InLLMPruner:
-    renumber = resolve_renumber(config.renumber, True, adapter)
-    return install(model, config, handle, adapter, config.layers, RaterPolicy(config), renumber)
+    return install(model, config, handle, adapter, RaterPolicy)

@@ -13,153 +13,17 @@ Each config validates itself; ``apply`` installs the shared prefill hook
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from leanvision.core.config import MethodConfig, check_budget, check_range
+from leanvision.core.config import check_range
 from leanvision.vlm import mergers, selectors
-from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment, VLMAdapter
-from leanvision.vlm.adapters.llava import resolve_layer
+from leanvision.vlm.adapters.base import ScoreRequest, VisualSegment
+from leanvision.vlm.budget import BudgetConfig, make_unit
 from leanvision.vlm.prefill import install_prefill
 from leanvision.vlm.registry import METHODS
-from leanvision.vlm.scorers import NO_REQUEST, Unit, attention_request, keys_request
-
-DEFAULT_KEEP = 0.25
-
-
-@dataclasses.dataclass
-class BudgetConfig(MethodConfig):
-    """Shared budget fields. ``tokens``: tokens kept per image/frame; ``keep``: kept ratio;
-    neither: ``keep=0.25``. Image newlines (LLaVA-NeXT/OneVision) are never candidates: always
-    kept, never merged into, not counted in the budget.
-
-    ``renumber``: give the LLM's tokens consecutive positions instead of their original ones
-    (the output tokens then come in the method's own order, e.g. the paper's). ``None`` (the
-    default) means the method's paper setting (``paper_renumber``) on 1-D RoPE models, and
-    ``False`` on M-RoPE models (Qwen2-VL/2.5-VL): their positions are grid coordinates, which
-    cannot be renumbered (``True`` raises there)."""
-
-    tokens: int | None = None
-    keep: float | None = None
-    renumber: bool | None = None
-
-    paper_renumber: ClassVar[bool] = False
-
-    def validate(self) -> None:
-        check_budget(self.tokens, self.keep, False if self.renumber is None else self.renumber)
-
-    def resolve_renumber(self, adapter: VLMAdapter) -> bool:
-        """Whether this model's prefill gets consecutive positions."""
-        if self.renumber is None:
-            return self.paper_renumber and not adapter.mrope
-        return self.renumber
-
-    def budget(self, available: int) -> int:
-        """Tokens kept out of ``available`` (at least 1, at most ``available``)."""
-        if self.tokens is not None:
-            return max(1, min(self.tokens, available))
-        keep = DEFAULT_KEEP if self.keep is None else self.keep
-        return max(1, min(available, round(keep * available)))
-
-    def score_request(self, default_layer: int) -> ScoreRequest:
-        return NO_REQUEST
-
-    def check_model(self, model: Any, adapter: VLMAdapter) -> None:
-        """Raise ``ValueError`` for settings this model cannot take (before any patching)."""
-        if self.renumber and adapter.mrope:
-            raise ValueError(
-                f"renumber=True is not supported for {adapter.name} (M-RoPE positions are grid "
-                "coordinates); use renumber=False or None"
-            )
-        nominal = adapter.tokens_per_image(model)
-        if self.tokens is not None and nominal is not None and self.tokens > nominal:
-            raise ValueError(
-                f"tokens={self.tokens} is more than the {nominal} visual tokens per image of "
-                f"this {adapter.name} model; allowed: 1..{nominal}"
-            )
-        request = self.score_request(adapter.default_score_layer(model))
-        if request.scores or request.keys:
-            layer = resolve_layer(request.layer, len(adapter.vision_layers(model)))
-            allowed = adapter.global_vision_layers(model)
-            if layer not in allowed:
-                raise ValueError(
-                    f"layer={request.layer} is a windowed-attention ViT block of this "
-                    f"{adapter.name} model; global scores need one of {allowed}"
-                )
-
-    def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(anchors, features)`` for one segment: images as one unit, videos frame by frame
-        (tokens outside the frames, such as a closing newline, are kept). ``fixed`` tokens
-        (newlines) stay as they are; the others form the unit, in raster order."""
-        frames = segment.frame_slices if segment.kind == "video" else None
-        if frames:
-            return compress_frames(segment, lambda unit, _index: self.compress_one(unit))
-        if segment.fixed is None:
-            everything = torch.arange(segment.num_tokens, device=segment.features.device)
-            return self.compress_one(_unit(segment, everything, segment.grid, segment.reorder))
-        candidates = (~segment.fixed).nonzero().squeeze(-1).to(segment.features.device)
-        # tokens around fixed ones keep raster order: a newline still closes its row
-        anchors, values = self.compress_one(_unit(segment, candidates, segment.grid, False))
-        fixed = segment.fixed.nonzero().squeeze(-1).to(segment.features.device)
-        anchors_all = torch.cat([candidates[anchors.to(candidates.device)], fixed])
-        order = torch.argsort(anchors_all)
-        values_all = torch.cat([values, segment.features[fixed]])
-        return anchors_all[order], values_all[order]
-
-    def compress_one(self, unit: Unit) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the budget to one unit; a budget covering every token changes nothing."""
-        count = self.budget(unit.size)
-        if count >= unit.size:
-            return torch.arange(unit.size, device=unit.features.device), unit.features
-        return self.compress_unit(unit, count)
-
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-
-def _unit(
-    segment: VisualSegment,
-    index: torch.Tensor,
-    grid: tuple[int, ...] | None,
-    reorder: bool,
-    crop: int = 0,
-) -> Unit:
-    if grid is not None and (len(grid) != 2 or grid[0] * grid[1] != index.numel()):
-        grid = None
-    cls = segment.cls
-    if cls is not None and cls.dim() == 2:  # one per crop: the base crop stands for the image
-        cls = cls[crop]
-    return Unit(
-        features=segment.features[index],
-        scores=None if segment.scores is None else segment.scores[index],
-        keys=None if segment.keys is None else segment.keys[index],
-        grid=grid,
-        vision=None if segment.vision is None else segment.vision[index],
-        project=segment.project,
-        cls=cls,
-        reorder=reorder,
-    )
-
-
-def compress_frames(segment: VisualSegment, compress: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``compress(unit, frame_index)`` on every frame of a video segment and join the
-    results; tokens outside every frame are kept as they are."""
-    anchors, features = [], []
-    device = segment.features.device
-    covered = torch.zeros(segment.num_tokens, dtype=torch.bool)
-    for index, span in enumerate(segment.frame_slices):
-        covered[span] = True
-        tokens = torch.arange(span.start, span.stop, device=device)
-        local, values = compress(_unit(segment, tokens, segment.grid, segment.reorder), index)
-        anchors.append(local.to(device) + span.start)
-        features.append(values)
-    extra = (~covered).nonzero().squeeze(-1).to(device)
-    anchors.append(extra)
-    features.append(segment.features[extra])
-    anchors_all = torch.cat(anchors)
-    order = torch.argsort(anchors_all)
-    return anchors_all[order], torch.cat(features)[order]
+from leanvision.vlm.scorers import Unit, attention_request, keys_request
 
 
 def _check_layer(layer: int | None) -> None:
@@ -169,8 +33,10 @@ def _check_layer(layer: int | None) -> None:
 
 @dataclasses.dataclass
 class VisionZip(BudgetConfig):
-    """VisionZip (Yang et al. 2024; reference: dvlab-research/VisionZip,
-    ``visionzip/clip_encoder.py``).
+    """VisionZip: CLS + dominant patches by CLS attention, plus merged contextual tokens.
+
+    Yang et al. 2024; reference: dvlab-research/VisionZip,
+    ``visionzip/clip_encoder.py``.
 
     Dominant tokens: the CLS token plus the patches with the most CLS attention (per-head
     softmaxes summed) at ViT block ``layer`` (default: the block the features come from,
@@ -196,6 +62,14 @@ class VisionZip(BudgetConfig):
     dropped) and tokens stay in raster order: the reference drops the newlines, keeps padded
     rows, and orders the high-res crops' dominant tokens, CLS tokens and contextual tokens
     in three runs.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "visionzip", tokens=16) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_before"], handle.stats["tokens_after"]
+    ([64], [16])
     """
 
     layer: int | None = None
@@ -215,6 +89,12 @@ class VisionZip(BudgetConfig):
         layer = default_layer if self.layer is None else self.layer
         return attention_request(layer, self.query, keys=True, vision=True, cls=True)
 
+    def unit_sizes(self, segment: VisualSegment) -> list[tuple[str, int]]:
+        if segment.crops is None or segment.kind == "video":
+            return super().unit_sizes(segment)
+        crops = segment.crops[segment.crops >= 0]
+        return [("image crop", int((crops == c).sum())) for c in torch.unique(crops).tolist()]
+
     def compress_segment(self, segment: VisualSegment) -> tuple[torch.Tensor, torch.Tensor]:
         """Anyres images (LLaVA-NeXT/OneVision): one unit per crop, as the reference runs the
         tower per 336-px crop; fixed tokens (newlines) stay."""
@@ -223,7 +103,7 @@ class VisionZip(BudgetConfig):
         anchors, values = [], []
         for crop in torch.unique(segment.crops[segment.crops >= 0]).tolist():
             index = (segment.crops == crop).nonzero().squeeze(-1).to(segment.features.device)
-            local, kept = self.compress_one(_unit(segment, index, None, False, crop))
+            local, kept = self.compress_one(make_unit(segment, index, None, False, crop))
             anchors.append(index[local.to(index.device)])
             values.append(kept)
         rest = (segment.crops < 0).nonzero().squeeze(-1).to(segment.features.device)
@@ -231,7 +111,7 @@ class VisionZip(BudgetConfig):
         order = torch.argsort(anchors_all)
         return anchors_all[order], torch.cat([*values, segment.features[rest]])[order]
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         dominant_count = max(1, min(count, round(count * self.dominant_ratio)))
         if count >= 2 and dominant_count == count:
             dominant_count = count - 1  # keep at least one contextual token
@@ -251,8 +131,10 @@ class VisionZip(BudgetConfig):
 
 @dataclasses.dataclass
 class PruMergePlus(BudgetConfig):
-    """PruMerge+ (Shang et al. 2024; reference: 42Shawn/LLaVA-PruMerge,
-    ``llava/model/multimodal_encoder/clip_encoder.py``, ``token_prune_merge_advanced_plus``).
+    """PruMerge+: IQR-outlier tokens by CLS attention plus spatial samples, neighbours merged in.
+
+    Shang et al. 2024; reference: 42Shawn/LLaVA-PruMerge,
+    ``llava/model/multimodal_encoder/clip_encoder.py``, ``token_prune_merge_advanced_plus``.
 
     Scores: the CLS row of ONE softmax over the logits of the concatenated heads
     (``q . k`` over the full width, scaled by its ``-1/2`` power) at ViT block ``layer``
@@ -272,6 +154,14 @@ class PruMergePlus(BudgetConfig):
     ``tokens``/``keep`` fix the count (extra token included): the outliers by score, then
     evenly spaced tokens of the rest. Where the reference fails (no outlier: division by
     zero; a stride below 1) we sample every ``n // 3`` tokens and use a stride of 1.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "prumerge+", tokens=16) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_after"]
+    [16]
     """
 
     layer: int | None = None
@@ -311,7 +201,7 @@ class PruMergePlus(BudgetConfig):
         samples = torch.arange(0, max(n - 1, 1), step, device=scores.device)
         return torch.cat([picked, samples[~torch.isin(samples, picked)]])
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         extra = count < 0 or count >= 2
         kept = self.select(unit.scores, count - 1 if count >= 2 else count)
         values, finish = unit.merge_space()
@@ -327,10 +217,21 @@ class PruMergePlus(BudgetConfig):
 
 @dataclasses.dataclass
 class BipartiteMerge(BudgetConfig):
-    """Post-hoc merging after the vision tower: ToMe's bipartite soft matching on the keys of
+    """Bipartite merge: ToMe's soft matching on the tokens, after the vision tower.
+
+    Post-hoc merging after the vision tower: ToMe's bipartite soft matching on the keys of
     ViT block ``layer`` (default: the features' block), repeated on the projected features
     until the budget is met. Not ToMe itself (which merges inside every ViT block: ``"tome"``,
-    :mod:`leanvision.vlm.tome`); kept as a cheap baseline that needs no ViT patching."""
+    :mod:`leanvision.vlm.tome`); kept as a cheap baseline that needs no ViT patching.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "bipartite-merge", keep=0.25) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_after"]
+    [16]
+    """
 
     layer: int | None = None
 
@@ -341,27 +242,47 @@ class BipartiteMerge(BudgetConfig):
     def score_request(self, default_layer: int) -> ScoreRequest:
         return keys_request(default_layer if self.layer is None else self.layer)
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mergers.bipartite_soft_matching(unit.features, unit.keys, count)
 
 
 @dataclasses.dataclass
 class DivPrune(BudgetConfig):
-    """DivPrune (reference: vbdi/divprune, ``LLaVA/llava/model/llava_arch.py``): greedy
+    """DivPrune: the most diverse tokens (greedy max-min cosine distance).
+
+    Reference: vbdi/divprune, ``LLaVA/llava/model/llava_arch.py``. Greedy
     max-min diversity on the cosine distance of the projected features; kept tokens stay in
     raster order and ``renumber`` defaults to True on 1-D RoPE models, as the reference
     rebuilds the prompt with consecutive positions. Unlike its LLaVA-NeXT path, image
-    newlines are never candidates."""
+    newlines are never candidates.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "divprune", tokens=16) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_after"]
+    [16]
+    """
 
     paper_renumber: ClassVar[bool] = True
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mergers.keep_only(unit.features, selectors.max_min_diversity(unit.features, count))
 
 
 @dataclasses.dataclass
 class RandomPrune(BudgetConfig):
-    """Uniformly random tokens (an honest baseline); ``seed`` makes it repeatable."""
+    """Random: uniformly random tokens (an honest baseline); ``seed`` makes it repeatable.
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "random", tokens=16, seed=1) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_after"]
+    [16]
+    """
 
     seed: int = 0
 
@@ -369,7 +290,7 @@ class RandomPrune(BudgetConfig):
         super().validate()
         check_range("seed", self.seed, low=0)
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
         kept = selectors.random_subset(unit.size, count, generator).to(unit.features.device)
         return mergers.keep_only(unit.features, kept)
@@ -377,10 +298,21 @@ class RandomPrune(BudgetConfig):
 
 @dataclasses.dataclass
 class Pool(BudgetConfig):
-    """Spatial average pooling to the largest grid within the budget (1-D pooling for
-    irregular layouts such as LLaVA-NeXT's unpadded crops)."""
+    """Pool: spatial average pooling to the largest grid within the budget.
 
-    def compress_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    Spatial average pooling to the largest grid within the budget (1-D pooling for
+    irregular layouts such as LLaVA-NeXT's unpadded crops).
+
+    >>> import leanvision as lv
+    >>> from leanvision.testing import tiny_llava
+    >>> tiny = tiny_llava()
+    >>> with lv.vlm.compress(tiny.model, "pool", keep=0.25) as handle:
+    ...     _ = tiny.model(**tiny.inputs)
+    >>> handle.stats["tokens_after"]  # an 8 x 8 grid pooled to 4 x 4
+    [16]
+    """
+
+    def compressmake_unit(self, unit: Unit, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         if unit.grid is not None:
             return mergers.pool_grid(unit.features, unit.grid, count)
         return mergers.pool_sequence(unit.features, count)

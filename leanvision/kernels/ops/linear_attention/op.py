@@ -11,7 +11,7 @@ from leanvision.kernels._validate import (
     check_tensor,
 )
 from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
-from leanvision.kernels.linear_attention.ref import linear_attention_ref
+from leanvision.kernels.ops.linear_attention.ref import linear_attention_ref
 
 LAYOUT = "(B, H, N, D)"
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 64
@@ -22,7 +22,7 @@ def _linear_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, backend: str
 ) -> torch.Tensor:
     if resolve_backend(backend, q.device) == "triton":
-        from leanvision.kernels.linear_attention.triton import linear_attention_triton
+        from leanvision.kernels.ops.linear_attention.triton import linear_attention_triton
 
         compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
         out = linear_attention_triton(q.to(compute), k.to(compute), v.to(compute), eps)

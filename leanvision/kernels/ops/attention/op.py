@@ -14,8 +14,8 @@ from leanvision.kernels._validate import (
     check_scale,
     check_tensor,
 )
-from leanvision.kernels.attention.ref import attention_ref
 from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
+from leanvision.kernels.ops.attention.ref import attention_ref
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
@@ -31,7 +31,7 @@ def _attention_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if resolve_backend(backend, q.device) == "triton":
-        from leanvision.kernels.attention.triton import attention_triton
+        from leanvision.kernels.ops.attention.triton import attention_triton
 
         compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
         out, lse = attention_triton(

@@ -1,4 +1,5 @@
-"""Settings of latent consistency distillation (:func:`~leanvision.diffusion.few_step.distill`)."""
+"""Settings of latent consistency distillation
+(:func:`~leanvision.diffusion.consistency.distill`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ DEFAULT_LR = {"lora": 1e-4, "unet": 1e-6}
 
 @dataclasses.dataclass
 class DistillConfig(MethodConfig):
-    """Settings of :func:`distill`. Defaults follow the LCM paper / diffusers' LCD script.
+    """Latent consistency distillation settings of :func:`distill` (LCM paper defaults).
+
+    Defaults follow the LCM paper and diffusers' LCD script.
 
     >>> DistillConfig(student="unet", steps=10).learning_rate_for_student
     1e-06

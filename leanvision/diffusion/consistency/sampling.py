@@ -20,16 +20,22 @@ import functools
 import importlib.util
 import inspect
 import os
-import warnings
 from typing import Any
 
 from leanvision.core.config import MethodConfig, check_choice, check_range
 from leanvision.core.errors import MissingDependencyError, UnsupportedModelError
 from leanvision.core.handle import Handle
+from leanvision.core.warn import warn_user
+from leanvision.diffusion.registry import METHODS
 
+__all__ = ["LCM", "TCD", "FewStepConfig", "apply_few_step", "few_step"]
+
+# Its own family: a sampler swaps the scheduler, so it composes with one ``accelerate`` cache.
 FAMILY = "diffusion-sampler"
-METHODS = ("lcm", "tcd")
+SAMPLERS = ("lcm", "tcd")
 MAX_STEPS = 50
+# LCM / TCD are distilled for 1-8 steps; past that they gain nothing over the usual schedulers.
+FEW_STEPS = 8
 # diffusers' LatentConsistencyModelPipeline default: a guidance-embedded LCM UNet was trained
 # with w = guidance_scale - 1 in [w_min, w_max] = [3, 15], and 8.5 sits inside that range.
 W_EMBEDDING_GUIDANCE = 8.5
@@ -45,7 +51,14 @@ SUPPORTED = (
 
 @dataclasses.dataclass
 class FewStepConfig(MethodConfig):
-    """Settings of :func:`few_step` (see there)."""
+    """Few-step sampling: an LCM or TCD scheduler (``method``) in ``steps`` (1-8) steps.
+
+    The settings of :func:`few_step` (see there); ``lv.diffusion.accelerate`` takes this
+    config too, or its per-method forms :class:`LCM` / :class:`TCD`.
+
+    >>> FewStepConfig(method="tcd", steps=2).eta
+    0.3
+    """
 
     method: str = "lcm"
     steps: int = 4
@@ -54,7 +67,7 @@ class FewStepConfig(MethodConfig):
     lora: str | os.PathLike | None = None
 
     def validate(self) -> None:
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, SAMPLERS)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int):
             raise TypeError(f"steps must be an int in [1, {MAX_STEPS}], got {self.steps!r}")
         check_range("steps", self.steps, 1, MAX_STEPS)
@@ -71,6 +84,33 @@ class FewStepConfig(MethodConfig):
                 )
 
 
+@dataclasses.dataclass
+class LCM(FewStepConfig):
+    """LCM: sample in 1-8 steps with a Latent Consistency Model scheduler (LCM LoRA or UNet).
+
+    ``accelerate(pipe, "lcm", steps=4)`` builds this config; options as in :func:`few_step`.
+
+    >>> LCM(steps=2).method
+    'lcm'
+    """
+
+    method: str = dataclasses.field(default="lcm", init=False)
+
+
+@dataclasses.dataclass
+class TCD(FewStepConfig):
+    """TCD: sample in 1-8 steps with a Trajectory Consistency Distillation scheduler.
+
+    ``accelerate(pipe, "tcd", steps=4, eta=0.3)`` builds this config; ``eta`` is TCD's
+    stochasticity gamma in [0, 1]; options as in :func:`few_step`.
+
+    >>> TCD(steps=2, eta=0.5).method
+    'tcd'
+    """
+
+    method: str = dataclasses.field(default="tcd", init=False)
+
+
 def _scheduler_class(method: str) -> type:
     import diffusers
 
@@ -82,7 +122,9 @@ def _denoiser(pipe: Any) -> Any:
         module = getattr(pipe, name, None)
         if module is not None:
             return module
-    raise UnsupportedModelError(pipe, [SUPPORTED], what="pipeline")
+    # lcm/tcd swap the pipeline's scheduler, so a bare denoiser is not enough.
+    supported = [f"{SUPPORTED}, passed whole (not their unet/transformer)"]
+    raise UnsupportedModelError(pipe, supported, what="pipeline", family="diffusion")
 
 
 def _check_scheduler(pipe: Any) -> None:
@@ -134,11 +176,10 @@ def _install_call_defaults(handle: Handle, pipe: Any, defaults: dict[str, Any]) 
         if type(pipe) is patched:
             object.__setattr__(pipe, "__class__", original)
         else:  # someone subclassed the instance after us: do not drop their class
-            warnings.warn(
+            warn_user(
                 f"pipeline class changed after few_step was applied ({type(pipe).__name__}); "
                 "its call defaults were left in place",
                 RuntimeWarning,
-                stacklevel=3,
             )
 
     handle.on_remove(restore)
@@ -187,6 +228,9 @@ def few_step(
 ) -> Handle:
     """Sample ``pipe`` in ``steps`` LCM / TCD steps until the returned handle is removed.
 
+    The same as ``lv.diffusion.accelerate(pipe, method, steps=..., ...)``. ``steps`` is the
+    number of denoising steps (denoiser calls per image, times 2 with classifier-free
+    guidance): 1-8 is what these samplers are for; more than 8 warns, more than 50 raises.
     ``method`` is ``"lcm"`` (LCMScheduler) or ``"tcd"`` (TCDScheduler, ``eta`` is its
     stochasticity gamma in [0, 1]). ``guidance_scale`` defaults to 1.0 (no classifier-free
     guidance: LoRA-distilled and plain LCMs bake it in) or 8.5 when the denoiser has a
@@ -197,7 +241,8 @@ def few_step(
 
     Raises ``ValueError`` for a bad setting, ``UnsupportedModelError`` for a pipeline without
     a UNet/transformer or with a flow-matching scheduler, ``AlreadyPatchedError`` if a
-    sampler is already applied.
+    sampler is already applied. ``handle.stats``: ``scheduler`` (class name), ``steps``,
+    ``call_defaults`` (the ``pipe(...)`` keywords filled in) and ``lora_adapter`` (or None).
 
     >>> from leanvision.testing import tiny_sd_pipeline
     >>> pipe = tiny_sd_pipeline().model
@@ -209,8 +254,29 @@ def few_step(
     config = FewStepConfig(
         method=method, steps=steps, guidance_scale=guidance_scale, eta=eta, lora=lora
     )
+    return apply_few_step(pipe, config)
+
+
+def apply_few_step(pipe: Any, config: FewStepConfig) -> Handle:
+    """:func:`few_step` with its settings in a config (``lv.diffusion.accelerate``'s
+    ``"lcm"`` / ``"tcd"`` path). Warns when ``config.steps`` is more than 8.
+
+    >>> from leanvision.testing import tiny_sd_pipeline
+    >>> pipe = tiny_sd_pipeline().model
+    >>> handle = apply_few_step(pipe, TCD(steps=2))
+    >>> handle.method, handle.stats["scheduler"]
+    ('tcd', 'TCDScheduler')
+    >>> handle.remove()
+    """
     denoiser = _denoiser(pipe)
     _check_scheduler(pipe)
+    if config.steps > FEW_STEPS:
+        warn_user(
+            f"{config.method} with steps={config.steps}: few-step samplers are meant for "
+            f"1-{FEW_STEPS} steps and gain nothing past that. For many steps keep the "
+            "pipeline's own scheduler (do not apply lcm/tcd) and speed it up with a step cache, "
+            'e.g. lv.diffusion.accelerate(pipe, "deepcache")'
+        )
     scheduler_class = _scheduler_class(config.method)
     new_scheduler = scheduler_class.from_config(pipe.scheduler.config, timestep_spacing="trailing")
 
@@ -231,3 +297,7 @@ def few_step(
             lora_adapter=adapter,
         )
     return handle
+
+
+METHODS.register("lcm", LCM)(apply_few_step)
+METHODS.register("tcd", TCD)(apply_few_step)

@@ -16,8 +16,8 @@ from leanvision.kernels._validate import (
     check_scale,
     check_tensor,
 )
-from leanvision.kernels.decode.ref import decode_attention_ref
 from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
+from leanvision.kernels.ops.decode.ref import decode_attention_ref
 
 Q_LAYOUT = "(B, Hq, 1, D)"
 CACHE_LAYOUT = "(B, Hkv, Lmax, D)"
@@ -54,7 +54,7 @@ def _decode_attention_op(
     # data-dependent branch.
     check_length_values(cache_lengths, k_cache.shape[2])
     if resolve_backend(backend, q.device) == "triton":
-        from leanvision.kernels.decode.triton import decode_attention_triton
+        from leanvision.kernels.ops.decode.triton import decode_attention_triton
 
         compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
         out = decode_attention_triton(

@@ -157,7 +157,7 @@ def attention_triton(
     lse: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton attention; same contract as :func:`~leanvision.kernels.attention.ref.attention_ref`.
+    """Triton attention; same contract as :func:`~leanvision.kernels.ops.attention.ref.attention_ref`.
 
     ``out`` (q's shape and dtype) and ``lse`` (float32 (B, Hq, Lq), contiguous) receive the
     results when given -- tests pass NaN-filled buffers to prove every element is written.

@@ -22,7 +22,7 @@ from leanvision.kernels._triton_common import (
 )
 from leanvision.kernels.configs import sm_count, tuned_config
 from leanvision.kernels.dispatch import interpreter_enabled
-from leanvision.kernels.linear_attention.ref import linear_attention_ref
+from leanvision.kernels.ops.linear_attention.ref import linear_attention_ref
 
 
 @triton.jit

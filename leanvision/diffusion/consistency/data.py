@@ -132,7 +132,7 @@ def build_source(
     seed: int,
     cache_path: str | None = None,
 ) -> ImageLatents | TensorLatents:
-    """The (x0, prompt) source for :func:`~leanvision.diffusion.few_step.distill`.
+    """The (x0, prompt) source for :func:`~leanvision.diffusion.consistency.distill`.
 
     With ``images``: one prompt for all, one per image, or (for an :class:`ImageFolder` and no
     prompts) the image's class folder name. Without: the teacher samples one x0 per prompt in

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from leanvision.kernels.attention.ref import allowed_keys, masked_softmax_parts
+from leanvision.kernels.ops.attention.ref import allowed_keys, masked_softmax_parts
 
 # Upper bound on score elements (batch x heads x rows x keys) held at once.
 CHUNK_ELEMENTS = 1 << 22

@@ -138,7 +138,7 @@ def attention_scores_triton(
     config: dict | None = None,
 ) -> torch.Tensor:
     """Triton attention scores; same contract as
-    :func:`~leanvision.kernels.scores.ref.attention_scores_ref` (``query_index`` is (B, R)).
+    :func:`~leanvision.kernels.ops.scores.ref.attention_scores_ref` (``query_index`` is (B, R)).
 
     ``config`` overrides the launch config (BLOCK_M, BLOCK_N, num_warps, num_stages).
     """

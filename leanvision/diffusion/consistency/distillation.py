@@ -26,11 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from leanvision.core.errors import UnsupportedModelError
-from leanvision.diffusion.few_step import checkpoint as ckpt
-from leanvision.diffusion.few_step import lcm_math as lcm
-from leanvision.diffusion.few_step.config import DistillConfig
-from leanvision.diffusion.few_step.data import build_source, encode_prompts, step_generator
-from leanvision.diffusion.few_step.students import (
+from leanvision.diffusion.consistency import checkpoint as ckpt
+from leanvision.diffusion.consistency import lcm_math as lcm
+from leanvision.diffusion.consistency.config import DistillConfig
+from leanvision.diffusion.consistency.data import build_source, encode_prompts, step_generator
+from leanvision.diffusion.consistency.students import (
     make_lora_student,
     make_unet_student,
     save_student,
@@ -55,7 +55,7 @@ def _check_teacher(pipe: Any, config: DistillConfig) -> None:
         and hasattr(scheduler, "alphas_cumprod")
     )
     if not usable:
-        raise UnsupportedModelError(pipe, [SUPPORTED], what="teacher pipeline")
+        raise UnsupportedModelError(pipe, [SUPPORTED], what="teacher pipeline", family="diffusion")
     total = scheduler.config.num_train_timesteps
     if config.num_ddim_timesteps > total:
         raise ValueError(

@@ -14,7 +14,7 @@ from leanvision.kernels._validate import (
     check_scale,
 )
 from leanvision.kernels.dispatch import resolve_backend, triton_compute_dtype
-from leanvision.kernels.scores.ref import REDUCTIONS, attention_scores_ref
+from leanvision.kernels.ops.scores.ref import REDUCTIONS, attention_scores_ref
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
@@ -31,7 +31,7 @@ def _attention_scores_op(
     backend: str,
 ) -> torch.Tensor:
     if resolve_backend(backend, q.device) == "triton":
-        from leanvision.kernels.scores.triton import attention_scores_triton
+        from leanvision.kernels.ops.scores.triton import attention_scores_triton
 
         compute = triton_compute_dtype(q.dtype)  # fp32 for bf16 under the interpreter
         return attention_scores_triton(
