@@ -66,16 +66,27 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {options}")
 
 
-def check_budget(tokens: Any, keep: Any, renumber: Any) -> None:
-    """A token budget: ``tokens`` (an int >= 1) or ``keep`` (a ratio in (0, 1]), not both,
-    and a bool ``renumber``."""
-    if tokens is not None and keep is not None:
-        raise ValueError(f"pass tokens= or keep=, not both (got {tokens}, {keep})")
+def check_token_count_and_ratio(tokens: Any, keep: Any) -> None:
+    """``tokens`` is None or an int >= 1, and ``keep`` None or a ratio in (0, 1].
+
+    >>> check_token_count_and_ratio(64, None)
+    >>> check_token_count_and_ratio(None, 0)
+    Traceback (most recent call last):
+    ValueError: keep=0 is out of range; allowed: (0.0, 1.0]
+    """
     if tokens is not None:
         if isinstance(tokens, bool) or not isinstance(tokens, int):
             raise TypeError(f"tokens must be an int, got {tokens!r}")
         check_range("tokens", tokens, low=1)
     if keep is not None:
         check_range("keep", keep, low=0.0, high=1.0, low_inclusive=False)
+
+
+def check_budget(tokens: Any, keep: Any, renumber: Any) -> None:
+    """A token budget: ``tokens`` (an int >= 1) or ``keep`` (a ratio in (0, 1]), not both,
+    and a bool ``renumber``."""
+    if tokens is not None and keep is not None:
+        raise ValueError(f"pass tokens= or keep=, not both (got {tokens}, {keep})")
+    check_token_count_and_ratio(tokens, keep)
     if not isinstance(renumber, bool):
         raise TypeError(f"renumber must be a bool, got {renumber!r}")

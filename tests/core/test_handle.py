@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+import leanvision
 from leanvision import AlreadyPatchedError, Handle
 
 
@@ -103,3 +104,15 @@ def test_stats_are_a_per_handle_dict():
         handle.stats["tokens_before"] = 576
         assert handle.stats == {"tokens_before": 576}
     assert "removed" in repr(handle)
+
+
+def test_already_patched_says_how_to_find_the_handle_you_no_longer_hold():
+    model = _toy()
+    Handle(model, family="vlm", method="fastv")  # the handle is dropped on purpose
+    with pytest.raises(AlreadyPatchedError) as caught:
+        Handle(model, family="vlm", method="visionzip")
+    message = str(caught.value)
+    assert "lv.Handle.active(model)['vlm'].remove()" in message
+    hint = message.split("no longer hold it: ")[1][: -len(")")]
+    exec(hint, {"lv": leanvision, "model": model})
+    assert Handle.active(model) == {}

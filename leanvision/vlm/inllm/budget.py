@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from leanvision.core.config import check_range
+from leanvision.core.config import check_token_count_and_ratio
 from leanvision.core.warn import warn_user
 
 __all__ = [
@@ -99,12 +99,7 @@ def check_overall_budget(keep: Any, tokens: Any, ratios: Any) -> None:
                 f"{label} is one overall budget (the visual tokens left after the last stage), "
                 f"got {value!r}; for one kept fraction per stage pass ratios={tuple(value)!r}"
             )
-    if tokens is not None:
-        if isinstance(tokens, bool) or not isinstance(tokens, int):
-            raise TypeError(f"tokens must be an int, got {tokens!r}")
-        check_range("tokens", tokens, low=1)
-    if keep is not None:
-        check_range("keep", keep, low=0.0, high=1.0, low_inclusive=False)
+    check_token_count_and_ratio(tokens, keep)
 
 
 def final_count(visual_before: torch.Tensor, keep: float, tokens: int | None) -> torch.Tensor:
