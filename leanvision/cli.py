@@ -17,12 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from leanvision.core.errors import (
-    AlreadyPatchedError,
-    MissingDependencyError,
-    UnsupportedModelError,
-    UpstreamVersionError,
-)
+from leanvision.core.errors import AlreadyPatchedError, UpstreamVersionError
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEBUG_ENV = "LEANVISION_DEBUG"
@@ -43,11 +38,9 @@ class UsageError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UsageError,
     ValueError,
-    TypeError,
+    TypeError,  # UnsupportedModelError too
     OSError,  # FileNotFoundError, PermissionError, IsADirectoryError...
     ImportError,  # MissingDependencyError and a plain missing module
-    UnsupportedModelError,
-    MissingDependencyError,
     AlreadyPatchedError,
     UpstreamVersionError,
 )
