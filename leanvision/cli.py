@@ -30,6 +30,9 @@ MODEL_HELP = (
 )
 
 
+ACCURACY_HELP = "accuracy kept by every method, on the trained tiny models (runs alone)"
+
+
 class UsageError(Exception):
     """A bad command line: the message is shown as ``leanvision: error: <message>``."""
 
@@ -123,8 +126,11 @@ def _bench(args: argparse.Namespace) -> int:
                 print(f"{name:<10} unavailable: {suite}")
             else:
                 print(f"{name:<10} {suite.description}")
+        print(f"{'accuracy':<10} {ACCURACY_HELP}")
         return 0
     names = args.names or list(DEFAULT_SUITES)
+    if "accuracy" in names:
+        return _bench_accuracy(args, names)
     # Checked against the suite table, before any suite (and its libraries) is imported.
     unknown = [name for name in names if name not in SUITES]
     if unknown:
@@ -156,6 +162,28 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"\nresults: {written}")
     if args.plot:
         print(f"plot: {report.write_plot(timings, args.plot)}")
+    return 0
+
+
+def _bench_accuracy(args: argparse.Namespace, names: list[str]) -> int:
+    """``leanvision bench accuracy``: runs alone, on the CPU, on the trained tiny models."""
+    if names != ["accuracy"]:
+        raise UsageError(f"accuracy runs alone (it measures accuracy, not time); got {names}")
+    for flag, value in (("--model", args.model), ("--plot", args.plot), ("--full", args.full)):
+        if value:
+            raise UsageError(
+                f"{flag} does not apply to the accuracy benchmark (its plots go beside --json)"
+            )
+    if args.device != "cpu":
+        raise UsageError("the accuracy benchmark runs on the CPU (its models are tiny)")
+    from leanvision.bench.accuracy import format_tables, run_accuracy, write_results
+    from leanvision.core.env import environment_info
+
+    rows = run_accuracy(quick=args.quick)
+    print(format_tables(rows))
+    json_path = args.json or f"bench-results/accuracy-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    written = write_results(rows, json_path, environment_info() | {"quick": args.quick})
+    print("\nresults: " + ", ".join(str(path) for path in written))
     return 0
 
 

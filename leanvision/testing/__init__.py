@@ -1,4 +1,5 @@
-"""Tiny random-weight models of every supported family, built offline from configs.
+"""Tiny random-weight models of every supported family, built offline from configs, and small
+trained ones (``trained_*``, :mod:`leanvision.testing.trained`) whose accuracy means something.
 
 Each factory returns a :class:`TinyModel` (model or pipeline + inputs that fit it). Names load
 lazily, so asking for a VLM factory never imports diffusers and vice versa.
@@ -35,6 +36,13 @@ _FACTORIES = {
         "tiny_sd3",
     ),
     "leanvision.testing.tiny_vision": ("tiny_efficientvit",),
+    "leanvision.testing.trained": (
+        "trained_llava",
+        "trained_qwen2_vl",
+        "trained_sd_pipeline",
+        "trained_lcm_pipeline",
+        "scene_judge",
+    ),
 }
 _MODULE_OF = {name: module for module, names in _FACTORIES.items() for name in names}
 

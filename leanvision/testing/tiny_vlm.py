@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -52,10 +53,15 @@ _FAMILY_TOKENS = {
 _FAMILY_TOKENS["qwen2_5_vl"] = _FAMILY_TOKENS["qwen2_vl"]
 
 
-def _tokenizer(family: str) -> tf.PreTrainedTokenizerFast:
-    """A whitespace WordLevel tokenizer whose special tokens are the family's placeholders."""
+def word_tokenizer(family: str, words: Sequence[str] = _WORDS) -> tf.PreTrainedTokenizerFast:
+    """A whitespace WordLevel tokenizer of ``words`` whose special tokens are the family's
+    placeholders; left padding.
+
+    >>> word_tokenizer("llava", ["red", "circle"])("<s> USER: <image> red circle").input_ids
+    [2, 4, 8, 9, 10]
+    """
     specials = _FAMILY_TOKENS[family]
-    vocab = {token: index for index, token in enumerate(_BASE_TOKENS + specials + _WORDS)}
+    vocab = {token: index for index, token in enumerate(_BASE_TOKENS + specials + list(words))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = tf.PreTrainedTokenizerFast(
@@ -146,7 +152,7 @@ def build_vlm(
         raise ValueError(
             f"video=True is supported for families with video input, not {shape.family!r}"
         )
-    tokenizer = _tokenizer(shape.family)
+    tokenizer = word_tokenizer(shape.family)
     model_class, config, processor = PARTS[shape.family](shape, tokenizer)
     torch.manual_seed(seed)
     with torch.device(device):

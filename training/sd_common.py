@@ -1,0 +1,149 @@
+"""Helpers shared by the caption-image training scripts (judge, SD, LCM): seeding and threads,
+caption data as tensors, learning-rate schedule, EMA, and the loss plot / history files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leanvision.diffusion.consistency.checkpoint import plot_history, write_history
+from leanvision.testing.scenes import caption_item
+
+LOG_DIR = Path(__file__).with_name("logs")
+
+
+def common_arguments(parser: argparse.ArgumentParser, seed: int = 0) -> argparse.ArgumentParser:
+    """``--seed``, ``--threads`` (default: all cores) and ``--no-progress``."""
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> float:
+    """Seed torch and numpy, set the thread count; returns the start time."""
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    return time.time()
+
+
+def caption_data(split: str, count: int, start: int = 0) -> dict[str, Any]:
+    """``count`` caption items of ``split`` as tensors: ``images`` (N, 3, 32, 32) in [0, 1],
+    ``captions`` (list of str) and integer ``labels`` per attribute (N,)."""
+    from leanvision.testing.trained.judge import ATTRIBUTES, LABELS
+
+    items = [caption_item(split, start + index) for index in range(count)]
+    pixels = np.stack([item.image for item in items]).astype(np.float32) / 255.0
+    labels = {
+        name: torch.tensor([LABELS[name].index(getattr(item, name)) for item in items])
+        for name in ATTRIBUTES
+    }
+    return {
+        "images": torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(),
+        "captions": [item.caption for item in items],
+        "labels": labels,
+    }
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 5% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {
+            key: value.detach().clone()
+            for key, value in module.state_dict().items()
+            if value.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        # Warm-up of the decay: early averages do not drag in the random initial weights.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for key, value in module.state_dict().items():
+            if key in self.shadow:
+                self.shadow[key].lerp_(value.detach(), 1 - decay)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        state = module.state_dict()
+        state.update({key: value.clone() for key, value in self.shadow.items()})
+        module.load_state_dict(state)
+
+
+def new_history() -> dict[str, list]:
+    return {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
+
+
+def save_logs(
+    name: str, history: dict[str, list], title: str, extra: dict[str, Any], ylabel: str
+) -> None:
+    """``training/logs/<name>-loss.json`` (history + ``extra``) and ``<name>-loss.png``."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    write_history(str(LOG_DIR / f"{name}-loss.json"), history, extra)
+    plot_history(str(LOG_DIR / f"{name}-loss.png"), history, title)
+    # plot_history labels the y axis for consistency distillation; relabel for other losses.
+    if ylabel:
+        _relabel(LOG_DIR / f"{name}-loss.png", history, title, ylabel)
+
+
+def _relabel(path: Path, history: dict[str, list], title: str, ylabel: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    steps, losses = history["step"], history["loss"]
+    axes.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="train loss")
+    window = max(1, len(losses) // 20)
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axes.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train (mean of {window})")
+    if history["eval_step"]:
+        axes.plot(history["eval_step"], history["eval_loss"], "o-", color="tab:orange",
+                  label="fixed eval batch")  # fmt: skip
+    if any(value > 0 for value in losses + history["eval_loss"]):
+        axes.set_yscale("log")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
+    """Endless random mini-batches of indices into ``count`` items (a new permutation per pass)."""
+    while True:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def elapsed(start: float) -> str:
+    minutes, seconds = divmod(time.time() - start, 60)
+    return f"{int(minutes)} min {seconds:.0f} s"

@@ -1,0 +1,417 @@
+"""Train the tiny Qwen2-VL of ``leanvision.testing.trained`` on scene and motion VQA, from scratch.
+
+Two stages:
+
+1. **Tower + merger.** Every merged token (8 x 8 px of a frame pair) learns to say what covers
+   it: the shape, colour and motion of the object there, or "empty". Labels come from each
+   object's own rendering (tokens an object only grazes are left out). Images and clips are
+   mixed; Qwen2-VL's tower attends within each 2-frame temporal patch, so motion must be read
+   from the pair, and the LM does the rest of the temporal reasoning.
+2. **Merger + LM.** The tower is frozen and its outputs are computed once; the merger and the
+   M-RoPE Qwen2 LM learn to answer questions (loss on the answer tokens only). Every cached
+   scene is asked fresh questions each time it is drawn, worded as ``scenes.py`` words them.
+
+Run: ``python training/train_qwen2_vl.py`` (60 minutes with ``--threads 1`` on 2 cores
+shared with two other training jobs). Writes the weights to
+``leanvision/testing/trained/weights/qwen2_vl.safetensors`` and the loss history and plot to
+``training/logs/qwen2_vl-loss.{json,png}``; prints validation and test accuracy per kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from leanvision.diffusion.consistency.checkpoint import write_history
+from leanvision.testing.scenes import (
+    COLORS,
+    MOTIONS,
+    SHAPES,
+    Clip,
+    Scene,
+    clip_item,
+    render_clip,
+    render_scene,
+    vqa_item,
+)
+from leanvision.testing.trained.qwen2_vl import QWEN2_VL_SHAPE
+from leanvision.testing.trained.vqa import build_scene_vlm, vqa_accuracy, vqa_prompt
+from leanvision.testing.trained.weights import load_weights, save_weights
+
+LOGS = Path(__file__).with_name("logs")
+SHAPE_CLASSES = ("empty", *SHAPES)
+COLOR_CLASSES = ("empty", *COLORS)
+MOTION_CLASSES = ("still", *MOTIONS)
+SIDE, TOKEN_PX = 96, 8  # image side; pixels per merged token (patch 4 x merge 2)
+GRID = SIDE // TOKEN_PX
+TOKENS = GRID * GRID  # merged tokens per image / per temporal patch
+
+
+@functools.cache
+def _blank(frames: int) -> np.ndarray:
+    """The objects-free canvas of an image (``frames == 0``) or a clip, background 0."""
+    if frames == 0:
+        return render_scene(Scene((), background=0), SIDE)
+    return render_clip(Clip((), (), (), frames, background=0), SIDE)
+
+
+def object_masks(item) -> list[np.ndarray]:
+    """Per object: its pixels in each temporal patch (groups, 96, 96) bool (a clip's frame
+    pairs are merged; an image is one group)."""
+    scene = item.scene
+    if isinstance(scene, Scene):
+        return [
+            (render_scene(Scene((obj,), background=0), SIDE) != _blank(0)).any(-1)[None]
+            for obj in scene.objects
+        ]
+    masks = []
+    for obj, motion, start in zip(scene.objects, scene.motions, scene.appears, strict=True):
+        alone = Clip((obj,), (motion,), (start,), scene.frames, background=0)
+        pixels = (render_clip(alone, SIDE) != _blank(scene.frames)).any(-1)
+        masks.append(pixels.reshape(-1, 2, SIDE, SIDE).any(1))
+    return masks
+
+
+def token_labels(item) -> torch.Tensor:
+    """(groups * 144, 3) long: shape, colour, motion class of each merged token; -100 where
+    an object covers under a quarter of the token (ambiguous), motion -100 on empty tokens."""
+    masks = object_masks(item)
+    groups = 1 if isinstance(item.scene, Scene) else item.scene.frames // 2
+    cover = np.zeros((len(masks) + 1, groups, GRID, GRID))
+    for index, mask in enumerate(masks):
+        cover[index + 1] = mask.reshape(groups, GRID, TOKEN_PX, GRID, TOKEN_PX).mean((2, 4))
+    best = cover.argmax(0)
+    labels = torch.full((groups, GRID, GRID, 3), -100, dtype=torch.long)
+    empty = cover.max(0) == 0
+    labels[..., 0][torch.from_numpy(empty)] = 0
+    labels[..., 1][torch.from_numpy(empty)] = 0
+    motions = getattr(item.scene, "motions", None)
+    for index, obj in enumerate(item.scene.objects):
+        sure = torch.from_numpy((best == index + 1) & (cover[index + 1] >= 0.25))
+        labels[..., 0][sure] = SHAPE_CLASSES.index(obj.shape)
+        labels[..., 1][sure] = COLOR_CLASSES.index(obj.color)
+        labels[..., 2][sure] = MOTION_CLASSES.index(motions[index] if motions else "still")
+    return labels.view(-1, 3)
+
+
+def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    kind = rng.choice(("color", "where", "count", "exists"))
+    target = rng.choice(scene.objects)
+    if kind == "color":
+        return kind, f"what color is the {target.shape} ?", target.color
+    if kind == "where":
+        return kind, f"where is the {target.color} {target.shape} ?", target.where
+    if kind == "count":
+        return kind, "how many shapes are there ?", str(len(scene.objects))
+    present = {(item.color, item.shape) for item in scene.objects}
+    color, shape = target.color, target.shape
+    if rng.random() < 0.5:
+        while (color, shape) in present:
+            if rng.random() < 0.5:
+                color = rng.choice(list(COLORS))
+            else:
+                shape = rng.choice(SHAPES)
+    answer = "yes" if (color, shape) in present else "no"
+    return kind, f"is there a {color} {shape} ?", answer
+
+
+def clip_question(clip: Clip, rng: random.Random) -> tuple[str, str, str]:
+    kind = rng.choice(("motion", "first", "present"))
+    target = rng.randrange(2)
+    item = clip.objects[target]
+    if kind == "motion":
+        return kind, f"which way does the {item.color} {item.shape} move ?", clip.motions[target]
+    if kind == "first":
+        return kind, "which shape appears first ?", clip.objects[clip.appears.index(0)].shape
+    frame = rng.randrange(clip.frames)
+    answer = "yes" if frame >= clip.appears[target] else "no"
+    return kind, f"is there a {item.shape} in frame {frame} ?", answer
+
+
+def autocast(enabled: bool) -> torch.autocast:
+    """bf16 autocast on the CPU (about 1.4x faster here), or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def schedule(optimizer, step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of ``lr``."""
+    if step < warmup:
+        rate = lr * (step + 1) / warmup
+    else:
+        progress = (step - warmup) / max(1, steps - warmup)
+        rate = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
+
+
+def tower_pixels(processor, images, clips) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processor's patches of ``images`` then ``clips``, and their (t, h, w) grids."""
+    pixels, grids = [], []
+    if images:
+        out = processor.image_processor(images=images, return_tensors="pt")
+        pixels.append(out["pixel_values"])
+        grids.append(out["image_grid_thw"])
+    if clips:
+        out = processor.video_processor(videos=clips, return_tensors="pt")
+        pixels.append(out["pixel_values_videos"])
+        grids.append(out["video_grid_thw"])
+    return torch.cat(pixels), torch.cat(grids)
+
+
+def new_history() -> dict[str, list[float]]:
+    return {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
+
+
+def train_tower(model, processor, args) -> dict:
+    visual = model.model.visual
+    classes = (len(SHAPE_CLASSES), len(COLOR_CLASSES), len(MOTION_CLASSES))
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(classes))
+    params = [*visual.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.tower_lr, weight_decay=0.05)
+    history = new_history()
+
+    def loss_and_right(images, clips):
+        pixels, grids = tower_pixels(processor, [i.image for i in images], [c.image for c in clips])
+        labels = torch.cat([token_labels(item) for item in [*images, *clips]])
+        with autocast(args.bf16):
+            logits = head(visual(pixels, grid_thw=grids).pooler_output).float()
+        losses, right = [], []
+        for part, target in zip(logits.split(classes, -1), labels.unbind(-1), strict=True):
+            losses.append(F.cross_entropy(part, target, ignore_index=-100))
+            keep = target != -100
+            right.append((part.argmax(-1)[keep] == target[keep]).float().mean().item())
+        return sum(losses), right
+
+    val_images = [vqa_item("val", index) for index in range(64)]
+    val_clips = [clip_item("val", index) for index in range(16)]
+    visual.train()
+    for step in tqdm(range(args.tower_steps), desc="tower + merger"):
+        lr = schedule(optimizer, step, args.tower_steps, args.tower_lr, warmup=50)
+        images = [vqa_item("train", step * args.tower_images + i) for i in range(args.tower_images)]
+        clips = [clip_item("train", step * args.tower_clips + i) for i in range(args.tower_clips)]
+        loss, _ = loss_and_right(images, clips)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        history["step"].append(step)
+        history["loss"].append(loss.item())
+        history["lr"].append(lr)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.tower_steps:
+            visual.eval()
+            with torch.no_grad():
+                loss, right = loss_and_right(val_images, val_clips)
+            history["eval_step"].append(step)
+            history["eval_loss"].append(loss.item())
+            visual.train()
+    visual.eval()
+    print("tower: validation token accuracy shape={:.3f} color={:.3f} motion={:.3f}".format(*right))
+    return {
+        **history,
+        "val_token_accuracy": dict(zip(("shape", "color", "motion"), right, strict=True)),
+    }
+
+
+@torch.no_grad()
+def cache_tower(model, processor, items, bf16: bool, chunk: int = 64) -> torch.Tensor:
+    """Frozen-tower outputs (before the merger), float16: (len(items), groups * 576, width)."""
+    out = []
+    for first in tqdm(range(0, len(items), chunk), desc="caching tower outputs", leave=False):
+        part = [item.image for item in items[first : first + chunk]]
+        videos = part[0].ndim == 4
+        pixels, grids = tower_pixels(processor, [] if videos else part, part if videos else [])
+        with autocast(bf16):
+            hidden = model.model.visual(pixels, grid_thw=grids).last_hidden_state
+        out.append(hidden.half().view(len(part), -1, hidden.shape[-1]))
+    return torch.cat(out)
+
+
+class Prompts:
+    """Token ids, answer labels and token types of (media, question, answer), memoised."""
+
+    def __init__(self, tokenizer, ids: dict[str, int]):
+        self.tokenizer, self.ids, self.memo = tokenizer, ids, {}
+        self.assistant = tokenizer.convert_tokens_to_ids("assistant")
+
+    def __call__(self, media: str, question: str, answer: str):
+        key = (media, question, answer)
+        if key not in self.memo:
+            pad = "<|video_pad|>" if media == "video" else "<|image_pad|>"
+            count = TOKENS * (QWEN2_VL_SHAPE.video_frames // 2 if media == "video" else 1)
+            prompt = vqa_prompt("qwen2_vl", question, media).replace(pad, pad * count)
+            text = f"{prompt} {answer} {self.tokenizer.eos_token}"
+            ids = torch.tensor(self.tokenizer(text)["input_ids"])
+            labels = torch.full_like(ids, -100)
+            start = int((ids == self.assistant).nonzero()[-1]) + 1
+            labels[start:] = ids[start:]
+            types = (ids == self.ids["image"]).long() + 2 * (ids == self.ids["video"]).long()
+            self.memo[key] = (ids, labels, types)
+        return self.memo[key]
+
+
+def collate(rows, pad_id: int):
+    """Right-padded ids, labels, token types and mask (positions start at 0 in every row)."""
+    length = max(len(row[0]) for row in rows)
+    ids = torch.full((len(rows), length), pad_id)
+    labels = torch.full((len(rows), length), -100)
+    types = torch.zeros((len(rows), length), dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, (row_ids, row_labels, row_types) in enumerate(rows):
+        ids[index, : len(row_ids)] = row_ids
+        labels[index, : len(row_ids)] = row_labels
+        types[index, : len(row_ids)] = row_types
+        mask[index, : len(row_ids)] = 1
+    return ids, labels, types, mask
+
+
+def vqa_loss(model, hidden, rows, video: bool, pad_id: int) -> torch.Tensor:
+    """Qwen2-VL's forward from cached tower outputs: merge, scatter, M-RoPE, answer loss."""
+    ids, labels, types, mask = collate(rows, pad_id)
+    groups = QWEN2_VL_SHAPE.video_frames // 2 if video else 1
+    grid = torch.tensor([[groups, GRID * 2, GRID * 2]] * len(rows))
+    features = model.model.visual.merger(hidden.flatten(0, 1).float())
+    embeds = model.get_input_embeddings()(ids)
+    slots = (types > 0).unsqueeze(-1).expand_as(embeds)
+    embeds = embeds.masked_scatter(slots, features.to(embeds.dtype))
+    grids = {"video_grid_thw" if video else "image_grid_thw": grid}
+    positions, _ = model.model.get_rope_index(ids, types, attention_mask=mask, **grids)
+    out = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+    )
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(out.last_hidden_state[:, :-1][keep]).float()
+    return F.cross_entropy(logits, target[keep])
+
+
+def train_lm(model, processor, args) -> dict:
+    tokenizer = processor.tokenizer
+    images = [vqa_item("train", index) for index in range(args.lm_images)]
+    clips = [clip_item("train", index) for index in range(args.lm_clips)]
+    image_cache = cache_tower(model, processor, images, args.bf16)
+    clip_cache = cache_tower(model, processor, clips, args.bf16)
+    prompts = Prompts(
+        tokenizer,
+        {"image": model.config.image_token_id, "video": model.config.video_token_id},
+    )
+    model.model.visual.requires_grad_(False)
+    merger = model.model.visual.merger.requires_grad_(True)
+    params = [*merger.parameters(), *model.model.language_model.parameters()]
+    params = list({id(p): p for p in [*params, *model.lm_head.parameters()]}.values())
+    optimizer = torch.optim.AdamW(params, lr=args.lm_lr, weight_decay=0.05)
+    rng = random.Random(args.seed)
+    history = new_history()
+    history["image_loss"], history["video_loss"] = [], []
+    model.train()
+    for step in tqdm(range(args.lm_steps), desc="merger + LM"):
+        lr = schedule(optimizer, step, args.lm_steps, args.lm_lr, warmup=100)
+        picks = [rng.randrange(len(images)) for _ in range(args.lm_batch_images)]
+        rows = [prompts("image", *scene_question(images[i].scene, rng)[1:]) for i in picks]
+        clip_picks = [rng.randrange(len(clips)) for _ in range(args.lm_batch_clips)]
+        clip_rows = [prompts("video", *clip_question(clips[i].scene, rng)[1:]) for i in clip_picks]
+        with autocast(args.bf16):
+            image_loss = vqa_loss(model, image_cache[picks], rows, False, tokenizer.pad_token_id)
+            video_loss = vqa_loss(
+                model, clip_cache[clip_picks], clip_rows, True, tokenizer.pad_token_id
+            )
+        loss = image_loss + video_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        history["step"].append(step)
+        history["loss"].append(loss.item())
+        history["lr"].append(lr)
+        history["image_loss"].append(image_loss.item())
+        history["video_loss"].append(video_loss.item())
+    model.eval()
+    return history
+
+
+def plot(path: Path, tower: dict, lm: dict) -> None:
+    """Both stages' training losses (and the tower's validation loss), log scale."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4), dpi=110)
+    FigureCanvasAgg(figure)
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    left.plot(tower["step"], tower["loss"], alpha=0.6, label="train")
+    left.plot(tower["eval_step"], tower["eval_loss"], "o-", label="validation")
+    left.set_title("stage 1: tower + merger, per-token cross-entropy")
+    for name in ("image_loss", "video_loss"):
+        values = torch.tensor(lm[name])
+        window = max(1, len(values) // 50)
+        smooth = values.unfold(0, window, 1).mean(1)
+        right.plot(lm["step"][window - 1 :], smooth, label=f"{name} (mean of {window})")
+    right.set_title("stage 2: merger + LM, answer-token cross-entropy")
+    for axes in (left, right):
+        axes.set_yscale("log")
+        axes.set_xlabel("optimizer step")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tower-steps", type=int, default=350)
+    parser.add_argument("--tower-images", type=int, default=12, help="images per tower step")
+    parser.add_argument("--tower-clips", type=int, default=3, help="clips per tower step")
+    parser.add_argument("--tower-lr", type=float, default=2e-3)
+    parser.add_argument("--lm-steps", type=int, default=900)
+    parser.add_argument("--lm-images", type=int, default=5000, help="distinct training images")
+    parser.add_argument("--lm-clips", type=int, default=2000, help="distinct training clips")
+    parser.add_argument("--lm-batch-images", type=int, default=16)
+    parser.add_argument("--lm-batch-clips", type=int, default=8)
+    parser.add_argument("--lm-lr", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-items", type=int, default=300, help="per split and media")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=None, help="weights folder (default: shipped)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tiny = build_scene_vlm(QWEN2_VL_SHAPE, seed=args.seed)
+    model, processor = tiny.model, tiny.info["processor"]
+    start = time.time()
+    tower = train_tower(model, processor, args)
+    tower_seconds = time.time() - start
+    lm = train_lm(model, processor, args)
+    seconds = {"tower": tower_seconds, "total": time.time() - start}
+    path = save_weights(model, "qwen2_vl", args.out)
+    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB) after {seconds['total']:.0f} s")
+    # Score the saved (float16) weights as the loader will see them.
+    tiny = build_scene_vlm(QWEN2_VL_SHAPE)
+    load_weights(tiny.model, "qwen2_vl", args.out)
+    scores = {}
+    for split in ("val", "test"):
+        for media, make in (("image", vqa_item), ("video", clip_item)):
+            items = [make(split, index) for index in range(args.eval_items)]
+            scores[f"{split}/{media}"] = vqa_accuracy(tiny, items, progress=True)
+            shown = " ".join(f"{k}={v:.3f}" for k, v in scores[f"{split}/{media}"].items())
+            print(f"{split} {media}: {shown}")
+    LOGS.mkdir(exist_ok=True)
+    extra = {"seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()}}
+    write_history(
+        str(LOGS / "qwen2_vl-loss.json"), lm, {**extra, "tower": tower, "accuracy": scores}
+    )
+    plot(LOGS / "qwen2_vl-loss.png", tower, lm)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
