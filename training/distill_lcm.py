@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-import sd_common
+import common
 import torch
 
 from leanvision.diffusion.consistency import distill
@@ -34,11 +34,11 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=0.95)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--report-prompts", type=int, default=64)
-    args = sd_common.common_arguments(parser).parse_args()
-    start = sd_common.setup(args)
+    args = common.common_arguments(parser).parse_args()
+    start = common.setup(args)
 
     teacher = sd.build_pipeline("ddim")
-    data = sd_common.caption_data("train", args.train_size)
+    data = common.caption_data("train", args.train_size)
     student = distill(
         teacher,
         prompts=data["captions"],
@@ -58,10 +58,10 @@ def main() -> None:
         progress=not args.no_progress,
     )
     save_weights(student.unet, sd.WEIGHT_NAMES["lcm_unet"])
-    print(f"distillation done after {sd_common.elapsed(start)}")
+    print(f"distillation done after {common.elapsed(start)}")
     scores = report(args.report_prompts)
-    print(f"wall time {sd_common.elapsed(start)} with {args.threads} thread(s)")
-    sd_common.save_logs(
+    print(f"wall time {common.elapsed(start)} with {args.threads} thread(s)")
+    common.save_logs(
         "lcm",
         student.distill_history,
         "LCM distillation of the caption teacher (full UNet student)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-import sd_common
+import common
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -42,16 +42,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=250)
-    args = sd_common.common_arguments(parser).parse_args()
-    start = sd_common.setup(args)
+    args = common.common_arguments(parser).parse_args()
+    start = common.setup(args)
 
-    train = sd_common.caption_data("train", args.train_size)
-    val = sd_common.caption_data("val", 1000)
+    train = common.caption_data("train", args.train_size)
+    val = common.caption_data("val", 1000)
     net = JudgeNet()
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(args.seed)
-    order = sd_common.batches(args.train_size, args.batch_size, generator)
-    history = sd_common.new_history()
+    order = common.batches(args.train_size, args.batch_size, generator)
+    history = common.new_history()
 
     def evaluate(step: int) -> None:
         net.eval()
@@ -66,8 +66,8 @@ def main() -> None:
     net.train()
     bar = tqdm(range(args.steps), desc="judge", disable=args.no_progress)
     for step in bar:
-        lr = sd_common.learning_rate(step, args.steps, args.lr, warmup=100)
-        sd_common.set_learning_rate(optimizer, lr)
+        lr = common.learning_rate(step, args.steps, args.lr, warmup=100)
+        common.set_learning_rate(optimizer, lr)
         index = next(order)
         logits = net(augment(train["images"][index], generator))
         loss = sum(F.cross_entropy(logits[n], train["labels"][n][index]) for n in ATTRIBUTES)
@@ -83,11 +83,11 @@ def main() -> None:
 
     net.eval()
     save_weights(net, "judge")
-    test = sd_common.caption_data("test", args.test_size)
+    test = common.caption_data("test", args.test_size)
     scores = SceneJudge(net).attribute_accuracy(test["images"], test["captions"])
     print(f"judge test accuracy ({args.test_size} images): {scores}")
-    print(f"wall time {sd_common.elapsed(start)} with {args.threads} thread(s)")
-    sd_common.save_logs(
+    print(f"wall time {common.elapsed(start)} with {args.threads} thread(s)")
+    common.save_logs(
         "judge",
         history,
         "scene judge: sum of three cross-entropies",

@@ -24,22 +24,20 @@ accuracy.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from leanvision.diffusion.consistency.checkpoint import plot_history, write_history
 from leanvision.testing.scenes import COLORS, SHAPES, vqa_item
 from leanvision.testing.trained.llava import LLAVA_SHAPE
 from leanvision.testing.trained.vqa import build_scene_vlm, vqa_accuracy, vqa_inputs
 from leanvision.testing.trained.weights import load_weights, save_weights
 
-LOGS = Path(__file__).with_name("logs")
 _SHAPE_CLASSES = ("empty", *SHAPES)
 _COLOR_CLASSES = ("empty", *COLORS)
 
@@ -62,15 +60,9 @@ def cell_labels(items) -> tuple[torch.Tensor, torch.Tensor]:
     return shapes, colors
 
 
-def schedule(optimizer, step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of ``lr``."""
-    if step < warmup:
-        rate = lr * (step + 1) / warmup
-    else:
-        progress = (step - warmup) / max(1, steps - warmup)
-        rate = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-    for group in optimizer.param_groups:
-        group["lr"] = rate
+def schedule(optimizer, step: int, steps: int, peak: float, warmup: int) -> float:
+    rate = common.learning_rate(step, steps, peak, warmup)
+    common.set_learning_rate(optimizer, rate)
     return rate
 
 
@@ -78,16 +70,6 @@ def log_step(history, step: int, loss: float, lr: float) -> None:
     history["step"].append(step)
     history["loss"].append(loss)
     history["lr"].append(lr)
-
-
-def finish_log(history, name: str, seconds: float, extra: dict) -> None:
-    LOGS.mkdir(exist_ok=True)
-    write_history(str(LOGS / f"{name}-loss.json"), history, {"seconds": seconds, **extra})
-    plot_history(str(LOGS / f"{name}-loss.png"), history, f"{name}: training loss")
-
-
-def new_history() -> dict[str, list[float]]:
-    return {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
 
 
 class TowerHeads(torch.nn.Module):
@@ -136,7 +118,7 @@ def train_tower(tower, args) -> None:
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.tower_lr, weight_decay=0.05)
     evaluation = [vqa_item("val", index) for index in range(256)]
-    history = new_history()
+    history = common.new_history()
     start = time.time()
     tower.train()
     for step in tqdm(range(args.tower_steps), desc="tower"):
@@ -159,7 +141,8 @@ def train_tower(tower, args) -> None:
     with torch.no_grad():
         scores = tower_accuracy(tower, heads, evaluation)
     print("tower validation: " + " ".join(f"{key}={value:.3f}" for key, value in scores.items()))
-    finish_log(history, "llava-tower", time.time() - start, {"val_accuracy": scores})
+    extra = {"seconds": time.time() - start, "val_accuracy": scores}
+    common.save_logs("llava-tower", history, "llava tower", extra, "cross-entropy")
 
 
 def _targets(items) -> list[torch.Tensor]:
@@ -247,7 +230,7 @@ def train_vqa(model, processor, args, cycle: int) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.vqa_lr, weight_decay=0.05)
     generator = torch.Generator().manual_seed(args.seed + cycle)
     pad_id = processor.tokenizer.pad_token_id
-    history = new_history()
+    history = common.new_history()
     start = time.time()
     model.train()
     progress = tqdm(range(args.vqa_steps), desc=f"projector + LM, cycle {cycle}")
@@ -270,8 +253,9 @@ def train_vqa(model, processor, args, cycle: int) -> None:
             progress.set_postfix(val_loss=f"{val_loss:.4f}")
             model.train()
     model.eval()
-    extra = {"items": args.vqa_items, "cycle": cycle}
-    finish_log(history, f"llava-vqa-cycle{cycle}", time.time() - start, extra)
+    extra = {"seconds": time.time() - start, "items": args.vqa_items, "cycle": cycle}
+    name = f"llava-vqa-cycle{cycle}"
+    common.save_logs(name, history, name, extra, "answer cross-entropy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import random
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,10 @@ from leanvision.testing.scenes import (
     Clip,
     Scene,
     clip_item,
+    clip_question,
     render_clip,
     render_scene,
+    scene_question,
     vqa_item,
 )
 from leanvision.testing.trained.qwen2_vl import QWEN2_VL_SHAPE
@@ -103,54 +105,14 @@ def token_labels(item) -> torch.Tensor:
     return labels.view(-1, 3)
 
 
-def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.choice(("color", "where", "count", "exists"))
-    target = rng.choice(scene.objects)
-    if kind == "color":
-        return kind, f"what color is the {target.shape} ?", target.color
-    if kind == "where":
-        return kind, f"where is the {target.color} {target.shape} ?", target.where
-    if kind == "count":
-        return kind, "how many shapes are there ?", str(len(scene.objects))
-    present = {(item.color, item.shape) for item in scene.objects}
-    color, shape = target.color, target.shape
-    if rng.random() < 0.5:
-        while (color, shape) in present:
-            if rng.random() < 0.5:
-                color = rng.choice(list(COLORS))
-            else:
-                shape = rng.choice(SHAPES)
-    answer = "yes" if (color, shape) in present else "no"
-    return kind, f"is there a {color} {shape} ?", answer
-
-
-def clip_question(clip: Clip, rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.choice(("motion", "first", "present"))
-    target = rng.randrange(2)
-    item = clip.objects[target]
-    if kind == "motion":
-        return kind, f"which way does the {item.color} {item.shape} move ?", clip.motions[target]
-    if kind == "first":
-        return kind, "which shape appears first ?", clip.objects[clip.appears.index(0)].shape
-    frame = rng.randrange(clip.frames)
-    answer = "yes" if frame >= clip.appears[target] else "no"
-    return kind, f"is there a {item.shape} in frame {frame} ?", answer
-
-
 def autocast(enabled: bool) -> torch.autocast:
     """bf16 autocast on the CPU (about 1.4x faster here), or nothing."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def schedule(optimizer, step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of ``lr``."""
-    if step < warmup:
-        rate = lr * (step + 1) / warmup
-    else:
-        progress = (step - warmup) / max(1, steps - warmup)
-        rate = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-    for group in optimizer.param_groups:
-        group["lr"] = rate
+def schedule(optimizer, step: int, steps: int, peak: float, warmup: int) -> float:
+    rate = common.learning_rate(step, steps, peak, warmup)
+    common.set_learning_rate(optimizer, rate)
     return rate
 
 
@@ -168,17 +130,13 @@ def tower_pixels(processor, images, clips) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(pixels), torch.cat(grids)
 
 
-def new_history() -> dict[str, list[float]]:
-    return {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
-
-
 def train_tower(model, processor, args) -> dict:
     visual = model.model.visual
     classes = (len(SHAPE_CLASSES), len(COLOR_CLASSES), len(MOTION_CLASSES))
     head = torch.nn.Linear(model.config.text_config.hidden_size, sum(classes))
     params = [*visual.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.tower_lr, weight_decay=0.05)
-    history = new_history()
+    history = common.new_history()
 
     def loss_and_right(images, clips):
         pixels, grids = tower_pixels(processor, [i.image for i in images], [c.image for c in clips])
@@ -310,7 +268,7 @@ def train_lm(model, processor, args) -> dict:
     params = list({id(p): p for p in [*params, *model.lm_head.parameters()]}.values())
     optimizer = torch.optim.AdamW(params, lr=args.lm_lr, weight_decay=0.05)
     rng = random.Random(args.seed)
-    history = new_history()
+    history = common.new_history()
     history["image_loss"], history["video_loss"] = [], []
     model.train()
     for step in tqdm(range(args.lm_steps), desc="merger + LM"):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import common
 import diffusers as df
-import sd_common
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -40,8 +40,8 @@ def train_vae(args: argparse.Namespace, data: dict, val: dict) -> df.Autoencoder
     vae = sd.make_vae().train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    order = sd_common.batches(len(data["captions"]), args.vae_batch_size, generator)
-    history = sd_common.new_history()
+    order = common.batches(len(data["captions"]), args.vae_batch_size, generator)
+    history = common.new_history()
     val_pixels = val["images"][:128] * 2 - 1
 
     def evaluate(step: int) -> None:
@@ -53,8 +53,8 @@ def train_vae(args: argparse.Namespace, data: dict, val: dict) -> df.Autoencoder
     evaluate(0)
     bar = tqdm(range(args.vae_steps), desc="VAE", disable=args.no_progress)
     for step in bar:
-        lr = sd_common.learning_rate(step, args.vae_steps, args.vae_lr, warmup=50)
-        sd_common.set_learning_rate(optimizer, lr)
+        lr = common.learning_rate(step, args.vae_steps, args.vae_lr, warmup=50)
+        common.set_learning_rate(optimizer, lr)
         pixels = data["images"][next(order)] * 2 - 1
         posterior = vae.encode(pixels).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
@@ -75,7 +75,7 @@ def train_vae(args: argparse.Namespace, data: dict, val: dict) -> df.Autoencoder
         recon = vae.decode(vae.encode(val_pixels).latent_dist.mode()).sample
     quality = psnr((val_pixels + 1) / 2, ((recon + 1) / 2).clamp(0, 1))
     print(f"VAE: validation PSNR {quality:.2f} dB; latent scale folded: x{scale:.4f}")
-    sd_common.save_logs(
+    common.save_logs(
         "sd-vae",
         history,
         "SD VAE: reconstruction MSE + KL",
@@ -137,11 +137,11 @@ def train_unet(args: argparse.Namespace, vae: df.AutoencoderKL, data: dict, val:
     }
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.unet_lr, weight_decay=1e-2)
-    ema_unet = sd_common.EMA(unet, args.ema_decay)
-    ema_text = sd_common.EMA(text_encoder, args.ema_decay)
+    ema_unet = common.EMA(unet, args.ema_decay)
+    ema_text = common.EMA(text_encoder, args.ema_decay)
     generator = torch.Generator().manual_seed(args.seed)
-    order = sd_common.batches(len(ids), args.batch_size, generator)
-    history = sd_common.new_history()
+    order = common.batches(len(ids), args.batch_size, generator)
+    history = common.new_history()
 
     def loss_of(latents, token_ids, noise, t, weighted=True):
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -162,8 +162,8 @@ def train_unet(args: argparse.Namespace, vae: df.AutoencoderKL, data: dict, val:
     evaluate(0)
     bar = tqdm(range(args.unet_steps), desc="UNet + text encoder", disable=args.no_progress)
     for step in bar:
-        lr = sd_common.learning_rate(step, args.unet_steps, args.unet_lr, warmup=200)
-        sd_common.set_learning_rate(optimizer, lr)
+        lr = common.learning_rate(step, args.unet_steps, args.unet_lr, warmup=200)
+        common.set_learning_rate(optimizer, lr)
         index = next(order)
         latents = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
         token_ids = ids[index].clone()
@@ -191,7 +191,7 @@ def train_unet(args: argparse.Namespace, vae: df.AutoencoderKL, data: dict, val:
     ema_text.copy_to(text_encoder)
     save_weights(unet.eval(), sd.WEIGHT_NAMES["unet"])
     save_weights(text_encoder.eval(), sd.WEIGHT_NAMES["text_encoder"])
-    sd_common.save_logs(
+    common.save_logs(
         "sd-unet",
         history,
         "SD UNet + text encoder: epsilon MSE (min-SNR-5 weighted)",
@@ -200,7 +200,7 @@ def train_unet(args: argparse.Namespace, vae: df.AutoencoderKL, data: dict, val:
     )
 
 
-def save_snapshot(ema_unet: sd_common.EMA, ema_text: sd_common.EMA, tokenizer) -> None:
+def save_snapshot(ema_unet: common.EMA, ema_text: common.EMA, tokenizer) -> None:
     """Save the EMA weights so far (to try the pipeline while training goes on)."""
     unet, text_encoder = sd.make_unet(), sd.make_text_encoder(tokenizer)
     ema_unet.copy_to(unet)
@@ -243,21 +243,21 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=0, help="EMA snapshots (0: at end)")
     parser.add_argument("--report-prompts", type=int, default=64)
-    args = sd_common.common_arguments(parser).parse_args()
-    start = sd_common.setup(args)
+    args = common.common_arguments(parser).parse_args()
+    start = common.setup(args)
 
-    data = sd_common.caption_data("train", args.train_size)
-    val = sd_common.caption_data("val", 256)
+    data = common.caption_data("train", args.train_size)
+    val = common.caption_data("val", 256)
     if args.stage in ("all", "vae"):
         vae = train_vae(args, data, val)
-        print(f"VAE done after {sd_common.elapsed(start)}")
+        print(f"VAE done after {common.elapsed(start)}")
     else:
         vae = load_weights(sd.make_vae(), sd.WEIGHT_NAMES["vae"])
     if args.stage in ("all", "unet"):
         train_unet(args, vae, data, val)
-        print(f"UNet + text encoder done after {sd_common.elapsed(start)}")
+        print(f"UNet + text encoder done after {common.elapsed(start)}")
         report_teacher(args.report_prompts, [2.0, sd.GUIDANCE_SCALE, 7.5])
-    print(f"wall time {sd_common.elapsed(start)} with {args.threads} thread(s)")
+    print(f"wall time {common.elapsed(start)} with {args.threads} thread(s)")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ __all__ = [
     "VQAItem",
     "caption_item",
     "clip_item",
+    "clip_question",
     "render_clip",
     "render_scene",
+    "scene_question",
     "vqa_item",
 ]
 
@@ -203,7 +205,9 @@ def random_scene(rng: random.Random, min_objects: int = 2, max_objects: int = 4)
     return Scene(objects, background=rng.randint(25, 70))
 
 
-def _scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    """A random question about ``scene``: ``(kind, question, answer)`` (what :func:`vqa_item`
+    asks; training can ask a scene afresh each time it is drawn)."""
     kind = rng.choice(("color", "where", "count", "exists"))
     target = rng.choice(scene.objects)
     if kind == "color":
@@ -235,7 +239,7 @@ def vqa_item(split: str, index: int, size: int = 96) -> VQAItem:
     """
     rng = _rng(split, index, salt=0)
     scene = random_scene(rng)
-    kind, question, answer = _scene_question(scene, rng)
+    kind, question, answer = scene_question(scene, rng)
     image = render_scene(scene, size, seed=rng.getrandbits(32))
     return VQAItem(image, question, answer, kind, scene)
 
@@ -310,21 +314,24 @@ def clip_item(split: str, index: int, size: int = 96, frames: int = 8) -> VQAIte
         raise ValueError(f"frames must be an even number >= 4, got {frames!r}")
     rng = _rng(split, index, salt=1)
     clip = _random_clip(rng, frames)
+    kind, question, answer = clip_question(clip, rng)
+    video = render_clip(clip, size, seed=rng.getrandbits(32))
+    return VQAItem(video, question, answer, kind, clip)
+
+
+def clip_question(clip: Clip, rng: random.Random) -> tuple[str, str, str]:
+    """A random question about ``clip``: ``(kind, question, answer)``, as :func:`clip_item`
+    asks it."""
     kind = rng.choice(("motion", "first", "present"))
     target = rng.randrange(2)
     item = clip.objects[target]
     if kind == "motion":
-        question = f"which way does the {item.color} {item.shape} move ?"
-        answer = clip.motions[target]
-    elif kind == "first":
-        question = "which shape appears first ?"
-        answer = clip.objects[clip.appears.index(0)].shape
-    else:
-        frame = rng.randrange(frames)
-        question = f"is there a {item.shape} in frame {frame} ?"
-        answer = "yes" if frame >= clip.appears[target] else "no"
-    video = render_clip(clip, size, seed=rng.getrandbits(32))
-    return VQAItem(video, question, answer, kind, clip)
+        return kind, f"which way does the {item.color} {item.shape} move ?", clip.motions[target]
+    if kind == "first":
+        return kind, "which shape appears first ?", clip.objects[clip.appears.index(0)].shape
+    frame = rng.randrange(clip.frames)
+    answer = "yes" if frame >= clip.appears[target] else "no"
+    return kind, f"is there a {item.shape} in frame {frame} ?", answer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Helpers shared by the caption-image training scripts (judge, SD, LCM): seeding and threads,
-caption data as tensors, learning-rate schedule, EMA, and the loss plot / history files."""
+"""Helpers shared by the training scripts: seeding and threads, caption data as tensors (judge,
+SD, LCM), the learning-rate schedule, EMA, and the loss plot / history files."""
 
 from __future__ import annotations
 
