@@ -63,9 +63,14 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+def schedule(
+    optimizer: torch.optim.Optimizer, step: int, total: int, peak: float, warmup: int
+) -> float:
+    """Set :func:`learning_rate` of ``step`` on every group of ``optimizer`` and return it."""
+    rate = learning_rate(step, total, peak, warmup)
     for group in optimizer.param_groups:
-        group["lr"] = value
+        group["lr"] = rate
+    return rate
 
 
 class EMA:

@@ -66,8 +66,7 @@ def main() -> None:
     net.train()
     bar = tqdm(range(args.steps), desc="judge", disable=args.no_progress)
     for step in bar:
-        lr = common.learning_rate(step, args.steps, args.lr, warmup=100)
-        common.set_learning_rate(optimizer, lr)
+        lr = common.schedule(optimizer, step, args.steps, args.lr, warmup=100)
         index = next(order)
         logits = net(augment(train["images"][index], generator))
         loss = sum(F.cross_entropy(logits[n], train["labels"][n][index]) for n in ATTRIBUTES)

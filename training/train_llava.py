@@ -60,12 +60,6 @@ def cell_labels(items) -> tuple[torch.Tensor, torch.Tensor]:
     return shapes, colors
 
 
-def schedule(optimizer, step: int, steps: int, peak: float, warmup: int) -> float:
-    rate = common.learning_rate(step, steps, peak, warmup)
-    common.set_learning_rate(optimizer, rate)
-    return rate
-
-
 def log_step(history, step: int, loss: float, lr: float) -> None:
     history["step"].append(step)
     history["loss"].append(loss)
@@ -122,7 +116,7 @@ def train_tower(tower, args) -> None:
     start = time.time()
     tower.train()
     for step in tqdm(range(args.tower_steps), desc="tower"):
-        lr = schedule(optimizer, step, args.tower_steps, args.tower_lr, warmup=100)
+        lr = common.schedule(optimizer, step, args.tower_steps, args.tower_lr, warmup=100)
         first = step * args.batch
         items = [vqa_item("train", first + index) for index in range(args.batch)]
         loss = tower_loss(tower, heads, items)
@@ -173,13 +167,13 @@ def cache_features(model, processor, count: int, split: str = "train", chunk: in
     """Frozen-tower features (the LLaVA feature layer, CLS dropped) and token ids with their
     answer labels, for the first ``count`` items of ``split``."""
     features, rows = [], []
-    tower, config = model.model.vision_tower, model.config
+    tower = model.model.vision_tower
+    assert model.config.vision_feature_layer == LLAVA_FEATURE_LAYER  # what the heads read
     assistant = processor.tokenizer.convert_tokens_to_ids("ASSISTANT:")
     for first in tqdm(range(0, count, chunk), desc="caching tower features"):
         items = [vqa_item(split, index) for index in range(first, min(count, first + chunk))]
         hidden = tower(pixel_values=pixels(items), output_hidden_states=True).hidden_states
-        features.append(hidden[config.vision_feature_layer][:, 1:].half())
-        assert config.vision_feature_layer == LLAVA_FEATURE_LAYER
+        features.append(hidden[LLAVA_FEATURE_LAYER][:, 1:].half())
         inputs = vqa_inputs(processor, "llava", items, answers=True)
         for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
             ids = ids[mask.bool()]
@@ -235,7 +229,7 @@ def train_vqa(model, processor, args, cycle: int) -> None:
     model.train()
     progress = tqdm(range(args.vqa_steps), desc=f"projector + LM, cycle {cycle}")
     for step in progress:
-        lr = schedule(optimizer, step, args.vqa_steps, args.vqa_lr, warmup=100)
+        lr = common.schedule(optimizer, step, args.vqa_steps, args.vqa_lr, warmup=100)
         picks = torch.randint(len(rows), (args.batch,), generator=generator).tolist()
         ids, labels, mask = collate([rows[index] for index in picks], pad_id)
         loss = vqa_loss(model, features[picks], ids, labels, mask)

@@ -110,12 +110,6 @@ def autocast(enabled: bool) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def schedule(optimizer, step: int, steps: int, peak: float, warmup: int) -> float:
-    rate = common.learning_rate(step, steps, peak, warmup)
-    common.set_learning_rate(optimizer, rate)
-    return rate
-
-
 def tower_pixels(processor, images, clips) -> tuple[torch.Tensor, torch.Tensor]:
     """The processor's patches of ``images`` then ``clips``, and their (t, h, w) grids."""
     pixels, grids = [], []
@@ -154,7 +148,7 @@ def train_tower(model, processor, args) -> dict:
     val_clips = [clip_item("val", index) for index in range(16)]
     visual.train()
     for step in tqdm(range(args.tower_steps), desc="tower + merger"):
-        lr = schedule(optimizer, step, args.tower_steps, args.tower_lr, warmup=50)
+        lr = common.schedule(optimizer, step, args.tower_steps, args.tower_lr, warmup=50)
         images = [vqa_item("train", step * args.tower_images + i) for i in range(args.tower_images)]
         clips = [clip_item("train", step * args.tower_clips + i) for i in range(args.tower_clips)]
         loss, _ = loss_and_right(images, clips)
@@ -272,7 +266,7 @@ def train_lm(model, processor, args) -> dict:
     history["image_loss"], history["video_loss"] = [], []
     model.train()
     for step in tqdm(range(args.lm_steps), desc="merger + LM"):
-        lr = schedule(optimizer, step, args.lm_steps, args.lm_lr, warmup=100)
+        lr = common.schedule(optimizer, step, args.lm_steps, args.lm_lr, warmup=100)
         picks = [rng.randrange(len(images)) for _ in range(args.lm_batch_images)]
         rows = [prompts("image", *scene_question(images[i].scene, rng)[1:]) for i in picks]
         clip_picks = [rng.randrange(len(clips)) for _ in range(args.lm_batch_clips)]

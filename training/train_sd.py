@@ -53,8 +53,7 @@ def train_vae(args: argparse.Namespace, data: dict, val: dict) -> df.Autoencoder
     evaluate(0)
     bar = tqdm(range(args.vae_steps), desc="VAE", disable=args.no_progress)
     for step in bar:
-        lr = common.learning_rate(step, args.vae_steps, args.vae_lr, warmup=50)
-        common.set_learning_rate(optimizer, lr)
+        lr = common.schedule(optimizer, step, args.vae_steps, args.vae_lr, warmup=50)
         pixels = data["images"][next(order)] * 2 - 1
         posterior = vae.encode(pixels).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
@@ -162,8 +161,7 @@ def train_unet(args: argparse.Namespace, vae: df.AutoencoderKL, data: dict, val:
     evaluate(0)
     bar = tqdm(range(args.unet_steps), desc="UNet + text encoder", disable=args.no_progress)
     for step in bar:
-        lr = common.learning_rate(step, args.unet_steps, args.unet_lr, warmup=200)
-        common.set_learning_rate(optimizer, lr)
+        lr = common.schedule(optimizer, step, args.unet_steps, args.unet_lr, warmup=200)
         index = next(order)
         latents = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
         token_ids = ids[index].clone()
