@@ -11,11 +11,18 @@ Two stages, as LLaVA itself is built:
    validation loss after 1300 steps.
 2. **Projector + LM.** The tower is frozen and its penultimate-layer patch features (the ones
    LLaVA feeds the LM) are computed once; the projector and the Llama LM learn to answer
-   questions, with the loss on the answer tokens only.
+   questions, with the loss on the answer tokens only. Each step asks every drawn image
+   ``--turns`` fresh questions in one conversation (the first turn is the scored prompt).
+   Beside the answer loss, :func:`common.alignment_loss` makes each projected object patch
+   name the words that describe it, as LLaVA aligns its projector with words before
+   instruction tuning. Without it the projector drifts to colour, the easiest attribute, and
+   questions keyed by a shape stay at chance (57% overall after 1500 steps); with it, colour
+   questions reach 99.6% after one cycle. Two cycles of 2000 steps, the second from the
+   first's weights at half the peak learning rate.
 
-Run: ``python training/train_llava.py`` (tower 800 steps, then one cycle of 1500 steps: about
-45 minutes, 14 + 31 measured with one thread on a busy 2-core machine). ``--vqa-cycles N
---resume-cycle K`` continues stage 2 from the checkpoint of cycle K - 1. Writes the weights to
+Run: ``python training/train_llava.py`` (tower 800 steps, then two cycles of 2000 steps).
+``--vqa-cycles N --resume-cycle K`` continues stage 2 from the checkpoint of cycle K - 1
+(kept in the git-ignored ``training/checkpoints/``). Writes the weights to
 ``leanvision/testing/trained/weights/llava.safetensors`` and the loss curves and history to
 ``training/logs/llava-{tower,vqa-cycle<K>}-loss.{png,json}``; prints validation and test
 accuracy.
@@ -24,6 +31,7 @@ accuracy.
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from pathlib import Path
 
@@ -33,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from leanvision.testing.scenes import COLORS, SHAPES, vqa_item
+from leanvision.testing.scenes import COLORS, COLUMNS, ROWS, SHAPES, scene_question, vqa_item
 from leanvision.testing.trained.llava import LLAVA_SHAPE
 from leanvision.testing.trained.vqa import build_scene_vlm, vqa_accuracy, vqa_inputs
 from leanvision.testing.trained.weights import load_weights, save_weights
@@ -162,26 +170,39 @@ def tower_accuracy(tower, heads, items) -> dict[str, float]:
     }
 
 
+def patch_words(items, tokenizer) -> torch.Tensor:
+    """Per item and patch, the ids of the words that describe what the patch shows: its shape,
+    colour, row and column (``-100`` on background patches); (N, 144, 4)."""
+    shapes, colors = cell_labels(items)
+    patch_shapes, patch_colors, cells = patch_labels(items, shapes, colors)
+    ids = tokenizer.convert_tokens_to_ids
+    shape_words = torch.tensor([-100, *ids(list(SHAPES))])
+    color_words = torch.tensor([-100, *ids(list(COLORS))])
+    row_words, column_words = torch.tensor(ids(list(ROWS))), torch.tensor(ids(list(COLUMNS)))
+    words = torch.stack(
+        [
+            shape_words[patch_shapes],
+            color_words[patch_colors],
+            row_words[cells // 3],
+            column_words[cells % 3],
+        ],
+        dim=-1,
+    )
+    return words.masked_fill((patch_shapes == 0).unsqueeze(-1), -100)
+
+
 @torch.no_grad()
-def cache_features(model, processor, count: int, split: str = "train", chunk: int = 256):
-    """Frozen-tower features (the LLaVA feature layer, CLS dropped) and token ids with their
-    answer labels, for the first ``count`` items of ``split``."""
-    features, rows = [], []
+def cache_features(model, tokenizer, items, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-tower features of ``items`` (the LLaVA feature layer, CLS dropped; float16) and
+    the :func:`patch_words` of each of their patches."""
+    features, words = [], []
     tower = model.model.vision_tower
-    assert model.config.vision_feature_layer == LLAVA_FEATURE_LAYER  # what the heads read
-    assistant = processor.tokenizer.convert_tokens_to_ids("ASSISTANT:")
-    for first in tqdm(range(0, count, chunk), desc="caching tower features"):
-        items = [vqa_item(split, index) for index in range(first, min(count, first + chunk))]
-        hidden = tower(pixel_values=pixels(items), output_hidden_states=True).hidden_states
+    for first in tqdm(range(0, len(items), chunk), desc="caching tower features"):
+        part = items[first : first + chunk]
+        hidden = tower(pixel_values=pixels(part), output_hidden_states=True).hidden_states
         features.append(hidden[LLAVA_FEATURE_LAYER][:, 1:].half())
-        inputs = vqa_inputs(processor, "llava", items, answers=True)
-        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
-            ids = ids[mask.bool()]
-            labels = torch.full_like(ids, -100)
-            answer_start = int((ids == assistant).nonzero()[-1]) + 1
-            labels[answer_start:] = ids[answer_start:]
-            rows.append((ids, labels))
-    return torch.cat(features), rows
+        words.append(patch_words(part, tokenizer))
+    return torch.cat(features), torch.cat(words)
 
 
 def collate(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,41 +219,64 @@ def collate(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return ids, labels, mask
 
 
-def vqa_loss(model, features, ids, labels, mask) -> torch.Tensor:
-    """LLaVA's forward from cached tower features: project, scatter into the image slots."""
-    embeds = model.get_input_embeddings()(ids)
+def vqa_loss(model, features, ids, labels, mask, words=None) -> torch.Tensor:
+    """LLaVA's forward from cached tower features: project, scatter into the image slots; the
+    cross-entropy of the answer tokens, plus :func:`common.alignment_loss` of the projected
+    patches given their ``words`` (:func:`patch_words`)."""
+    table = model.get_input_embeddings()
+    embeds = table(ids)
     projected = model.model.multi_modal_projector(features.float())
     slots = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(slots, projected.to(embeds.dtype))
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask)
-    logits = model.lm_head(hidden.last_hidden_state[:, :-1])
-    return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden.last_hidden_state[:, :-1][keep]).float()
+    loss = F.cross_entropy(logits, target[keep])
+    if words is None:
+        return loss
+    return loss + common.alignment_loss(projected, words, table)
 
 
 def train_vqa(model, processor, args, cycle: int) -> None:
-    """Stage 2, one cycle: projector + LM on cached features, the tower frozen. Every cycle
-    starts a fresh AdamW with its own warm-up and cosine decay (warm restarts) and draws its
-    batches from ``seed + cycle``, so a run resumed at a cycle repeats the uninterrupted one."""
-    features, rows = cache_features(model, processor, args.vqa_items)
-    val_features, val_rows = cache_features(model, processor, 256, split="val")
+    """Stage 2, one cycle: projector + LM on cached features, the tower frozen. Each step asks
+    ``--turns`` fresh questions of each of ``--batch`` cached training images. Every cycle
+    starts a fresh AdamW with its own warm-up and cosine decay (warm restarts, each cycle at
+    half the previous peak) and draws from ``seed + cycle``, so a run resumed at a cycle
+    repeats the uninterrupted one. The validation loss is that of the scored (first) answer
+    of 256 validation items."""
+    images = [vqa_item("train", index) for index in range(args.vqa_items)]
+    val_items = [vqa_item("val", index) for index in range(256)]
+    features, words = cache_features(model, processor.tokenizer, images)
+    val_features, _ = cache_features(model, processor.tokenizer, val_items)
+    turns = common.Turns(processor.tokenizer, "llava", "image", features.shape[1])
+    val_rows = [turns([(item.question, item.answer)]) for item in val_items]
+    scored = vqa_inputs(processor, "llava", val_items[:1], answers=True)["input_ids"][0]
+    assert torch.equal(val_rows[0][0], scored[scored != processor.tokenizer.pad_token_id])
     params = [
         *model.model.multi_modal_projector.parameters(),
         *model.model.language_model.parameters(),
         *model.lm_head.parameters(),
     ]
     params = list({id(p): p for p in params}.values())  # embeddings may be tied to the head
-    optimizer = torch.optim.AdamW(params, lr=args.vqa_lr, weight_decay=0.05)
-    generator = torch.Generator().manual_seed(args.seed + cycle)
+    peak = args.vqa_lr * 0.5**cycle
+    optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=0.05)
+    rng = random.Random(args.seed + cycle)
     pad_id = processor.tokenizer.pad_token_id
     history = common.new_history()
     start = time.time()
     model.train()
     progress = tqdm(range(args.vqa_steps), desc=f"projector + LM, cycle {cycle}")
     for step in progress:
-        lr = common.schedule(optimizer, step, args.vqa_steps, args.vqa_lr, warmup=100)
-        picks = torch.randint(len(rows), (args.batch,), generator=generator).tolist()
-        ids, labels, mask = collate([rows[index] for index in picks], pad_id)
-        loss = vqa_loss(model, features[picks], ids, labels, mask)
+        lr = common.schedule(optimizer, step, args.vqa_steps, peak, warmup=100)
+        picks = [rng.randrange(len(images)) for _ in range(args.batch)]
+        rows = [
+            turns([scene_question(images[i].scene, rng)[1:] for _ in range(args.turns)])
+            for i in picks
+        ]
+        with common.autocast(args.bf16):
+            align = words[picks] if args.align else None
+            loss = vqa_loss(model, features[picks], *collate(rows, pad_id), words=align)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -240,7 +284,7 @@ def train_vqa(model, processor, args, cycle: int) -> None:
         log_step(history, step, loss.item(), lr)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.vqa_steps:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), common.autocast(args.bf16):
                 val_loss = vqa_loss(model, val_features, *collate(val_rows, pad_id)).item()
             history["eval_step"].append(step)
             history["eval_loss"].append(val_loss)
@@ -255,10 +299,18 @@ def train_vqa(model, processor, args, cycle: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tower-steps", type=int, default=800)
-    parser.add_argument("--vqa-steps", type=int, default=1500, help="steps per cycle")
-    parser.add_argument("--vqa-cycles", type=int, default=1)
+    parser.add_argument("--vqa-steps", type=int, default=2000, help="steps per cycle")
+    parser.add_argument("--vqa-cycles", type=int, default=2)
     parser.add_argument("--vqa-items", type=int, default=20000, help="distinct training items")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--turns", type=int, default=4, help="questions per image (stage 2)")
+    parser.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="align projected patches with the words describing them (stage 2)",
+    )
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--tower-lr", type=float, default=1e-3)
     parser.add_argument("--vqa-lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)

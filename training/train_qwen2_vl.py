@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 from leanvision.diffusion.consistency.checkpoint import write_history
 from leanvision.testing.scenes import (
     COLORS,
+    COLUMNS,
     MOTIONS,
+    ROWS,
     SHAPES,
     Clip,
     Scene,
@@ -46,7 +48,7 @@ from leanvision.testing.scenes import (
     vqa_item,
 )
 from leanvision.testing.trained.qwen2_vl import QWEN2_VL_SHAPE
-from leanvision.testing.trained.vqa import build_scene_vlm, vqa_accuracy, vqa_prompt
+from leanvision.testing.trained.vqa import build_scene_vlm, vqa_accuracy
 from leanvision.testing.trained.weights import load_weights, save_weights
 
 LOGS = Path(__file__).with_name("logs")
@@ -105,11 +107,6 @@ def token_labels(item) -> torch.Tensor:
     return labels.view(-1, 3)
 
 
-def autocast(enabled: bool) -> torch.autocast:
-    """bf16 autocast on the CPU (about 1.4x faster here), or nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
 def tower_pixels(processor, images, clips) -> tuple[torch.Tensor, torch.Tensor]:
     """The processor's patches of ``images`` then ``clips``, and their (t, h, w) grids."""
     pixels, grids = [], []
@@ -135,7 +132,7 @@ def train_tower(model, processor, args) -> dict:
     def loss_and_right(images, clips):
         pixels, grids = tower_pixels(processor, [i.image for i in images], [c.image for c in clips])
         labels = torch.cat([token_labels(item) for item in [*images, *clips]])
-        with autocast(args.bf16):
+        with common.autocast(args.bf16):
             logits = head(visual(pixels, grid_thw=grids).pooler_output).float()
         losses, right = [], []
         for part, target in zip(logits.split(classes, -1), labels.unbind(-1), strict=True):
@@ -182,53 +179,51 @@ def cache_tower(model, processor, items, bf16: bool, chunk: int = 64) -> torch.T
         part = [item.image for item in items[first : first + chunk]]
         videos = part[0].ndim == 4
         pixels, grids = tower_pixels(processor, [] if videos else part, part if videos else [])
-        with autocast(bf16):
+        with common.autocast(bf16):
             hidden = model.model.visual(pixels, grid_thw=grids).last_hidden_state
         out.append(hidden.half().view(len(part), -1, hidden.shape[-1]))
     return torch.cat(out)
 
 
-class Prompts:
-    """Token ids, answer labels and token types of (media, question, answer), memoised."""
-
-    def __init__(self, tokenizer, ids: dict[str, int]):
-        self.tokenizer, self.ids, self.memo = tokenizer, ids, {}
-        self.assistant = tokenizer.convert_tokens_to_ids("assistant")
-
-    def __call__(self, media: str, question: str, answer: str):
-        key = (media, question, answer)
-        if key not in self.memo:
-            pad = "<|video_pad|>" if media == "video" else "<|image_pad|>"
-            count = TOKENS * (QWEN2_VL_SHAPE.video_frames // 2 if media == "video" else 1)
-            prompt = vqa_prompt("qwen2_vl", question, media).replace(pad, pad * count)
-            text = f"{prompt} {answer} {self.tokenizer.eos_token}"
-            ids = torch.tensor(self.tokenizer(text)["input_ids"])
-            labels = torch.full_like(ids, -100)
-            start = int((ids == self.assistant).nonzero()[-1]) + 1
-            labels[start:] = ids[start:]
-            types = (ids == self.ids["image"]).long() + 2 * (ids == self.ids["video"]).long()
-            self.memo[key] = (ids, labels, types)
-        return self.memo[key]
+def token_words(item, word_ids) -> torch.Tensor:
+    """Per merged token, the ids of the words that say what covers it (:func:`token_labels`):
+    shape, colour, and its grid row and column on an image or its motion in a clip; -100 for
+    none. (groups * 144, 4) for an image, (groups * 144, 3) for a clip."""
+    labels = token_labels(item)
+    shape, color, motion = labels.unbind(-1)
+    objects = shape > 0
+    words = [
+        torch.where(objects, word_ids(SHAPE_CLASSES)[shape.clamp(min=0)], -100),
+        torch.where(objects, word_ids(COLOR_CLASSES)[color.clamp(min=0)], -100),
+    ]
+    if isinstance(item.scene, Scene):
+        cells = torch.arange(TOKENS)
+        words.append(torch.where(objects, word_ids(ROWS)[cells // GRID * 3 // GRID], -100))
+        words.append(torch.where(objects, word_ids(COLUMNS)[cells % GRID * 3 // GRID], -100))
+    else:
+        words.append(torch.where(motion > 0, word_ids(MOTION_CLASSES)[motion.clamp(min=0)], -100))
+    return torch.stack(words, dim=-1)
 
 
 def collate(rows, pad_id: int):
-    """Right-padded ids, labels, token types and mask (positions start at 0 in every row)."""
-    length = max(len(row[0]) for row in rows)
+    """Right-padded ids, labels and mask (positions start at 0 in every row)."""
+    length = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), length), pad_id)
     labels = torch.full((len(rows), length), -100)
-    types = torch.zeros((len(rows), length), dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for index, (row_ids, row_labels, row_types) in enumerate(rows):
+    for index, (row_ids, row_labels) in enumerate(rows):
         ids[index, : len(row_ids)] = row_ids
         labels[index, : len(row_ids)] = row_labels
-        types[index, : len(row_ids)] = row_types
         mask[index, : len(row_ids)] = 1
-    return ids, labels, types, mask
+    return ids, labels, mask
 
 
-def vqa_loss(model, hidden, rows, video: bool, pad_id: int) -> torch.Tensor:
-    """Qwen2-VL's forward from cached tower outputs: merge, scatter, M-RoPE, answer loss."""
-    ids, labels, types, mask = collate(rows, pad_id)
+def vqa_loss(model, hidden, rows, video: bool, pad_id: int, words=None) -> torch.Tensor:
+    """Qwen2-VL's forward from cached tower outputs: merge, scatter, M-RoPE; the answer
+    cross-entropy, plus :func:`common.alignment_loss` of the merged tokens given ``words``."""
+    ids, labels, mask = collate(rows, pad_id)
+    config = model.config
+    types = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
     groups = QWEN2_VL_SHAPE.video_frames // 2 if video else 1
     grid = torch.tensor([[groups, GRID * 2, GRID * 2]] * len(rows))
     features = model.model.visual.merger(hidden.flatten(0, 1).float())
@@ -243,7 +238,11 @@ def vqa_loss(model, hidden, rows, video: bool, pad_id: int) -> torch.Tensor:
     target = labels[:, 1:]
     keep = target != -100
     logits = model.lm_head(out.last_hidden_state[:, :-1][keep]).float()
-    return F.cross_entropy(logits, target[keep])
+    loss = F.cross_entropy(logits, target[keep])
+    if words is None:
+        return loss
+    embeddings = model.get_input_embeddings()
+    return loss + common.alignment_loss(features, words.flatten(0, 1), embeddings)
 
 
 def train_lm(model, processor, args) -> dict:
@@ -252,9 +251,18 @@ def train_lm(model, processor, args) -> dict:
     clips = [clip_item("train", index) for index in range(args.lm_clips)]
     image_cache = cache_tower(model, processor, images, args.bf16)
     clip_cache = cache_tower(model, processor, clips, args.bf16)
-    prompts = Prompts(
-        tokenizer,
-        {"image": model.config.image_token_id, "video": model.config.video_token_id},
+    token_ids = tokenizer.convert_tokens_to_ids
+
+    def word_ids(words) -> torch.Tensor:
+        return torch.tensor(
+            [-100 if word in ("empty", "still") else token_ids(word) for word in words]
+        )
+
+    image_words = torch.stack([token_words(item, word_ids) for item in images])
+    clip_words = torch.stack([token_words(item, word_ids) for item in clips])
+    image_turns = common.Turns(tokenizer, "qwen2_vl", "image", TOKENS)
+    clip_turns = common.Turns(
+        tokenizer, "qwen2_vl", "video", TOKENS * QWEN2_VL_SHAPE.video_frames // 2
     )
     model.model.visual.requires_grad_(False)
     merger = model.model.visual.merger.requires_grad_(True)
@@ -268,13 +276,22 @@ def train_lm(model, processor, args) -> dict:
     for step in tqdm(range(args.lm_steps), desc="merger + LM"):
         lr = common.schedule(optimizer, step, args.lm_steps, args.lm_lr, warmup=100)
         picks = [rng.randrange(len(images)) for _ in range(args.lm_batch_images)]
-        rows = [prompts("image", *scene_question(images[i].scene, rng)[1:]) for i in picks]
+        rows = [
+            image_turns([scene_question(images[i].scene, rng)[1:] for _ in range(args.turns)])
+            for i in picks
+        ]
         clip_picks = [rng.randrange(len(clips)) for _ in range(args.lm_batch_clips)]
-        clip_rows = [prompts("video", *clip_question(clips[i].scene, rng)[1:]) for i in clip_picks]
-        with autocast(args.bf16):
-            image_loss = vqa_loss(model, image_cache[picks], rows, False, tokenizer.pad_token_id)
+        clip_rows = [
+            clip_turns([clip_question(clips[i].scene, rng)[1:] for _ in range(args.turns)])
+            for i in clip_picks
+        ]
+        image_align = image_words[picks] if args.align else None
+        clip_align = clip_words[clip_picks] if args.align else None
+        pad_id = tokenizer.pad_token_id
+        with common.autocast(args.bf16):
+            image_loss = vqa_loss(model, image_cache[picks], rows, False, pad_id, image_align)
             video_loss = vqa_loss(
-                model, clip_cache[clip_picks], clip_rows, True, tokenizer.pad_token_id
+                model, clip_cache[clip_picks], clip_rows, True, pad_id, clip_align
             )
         loss = image_loss + video_loss
         optimizer.zero_grad(set_to_none=True)
@@ -318,18 +335,25 @@ def plot(path: Path, tower: dict, lm: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tower-steps", type=int, default=350)
+    parser.add_argument("--tower-steps", type=int, default=600)
     parser.add_argument("--tower-images", type=int, default=12, help="images per tower step")
     parser.add_argument("--tower-clips", type=int, default=3, help="clips per tower step")
     parser.add_argument("--tower-lr", type=float, default=2e-3)
-    parser.add_argument("--lm-steps", type=int, default=900)
+    parser.add_argument("--lm-steps", type=int, default=2000)
     parser.add_argument("--lm-images", type=int, default=5000, help="distinct training images")
     parser.add_argument("--lm-clips", type=int, default=2000, help="distinct training clips")
     parser.add_argument("--lm-batch-images", type=int, default=16)
     parser.add_argument("--lm-batch-clips", type=int, default=8)
-    parser.add_argument("--lm-lr", type=float, default=2e-3)
+    parser.add_argument("--lm-lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-items", type=int, default=300, help="per split and media")
+    parser.add_argument("--turns", type=int, default=4, help="questions per image or clip")
+    parser.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="align merged tokens with the words describing them (stage 2)",
+    )
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
