@@ -14,13 +14,13 @@ from leanvision.testing.scenes import vqa_item
 from leanvision.testing.trained.vqa import answer_questions, vqa_accuracy
 from leanvision.testing.trained.weights import load_weights, weights_path
 
-# The shipped weights score 0.575 on the first 200 test questions (count 1.0; colour, where
-# and exists are only partly learned: issue 15's 90% target is not met yet, see
-# docs/accuracy.md). The thresholds leave a margin for BLAS differences between machines;
-# raise them when better weights ship.
+# The shipped weights score 0.86 on the first 200 test questions (colour 1.0, count 1.0,
+# where 0.89; existence is not learned: the model says "yes" to almost every one, so issue
+# 15's 90% target is not met yet, see docs/accuracy.md). The thresholds leave a margin for
+# BLAS differences between machines; raise them when better weights ship.
 TEST_SLICE = 200
-MIN_ACCURACY = 0.52
-MIN_COUNT_ACCURACY = 0.95
+MIN_ACCURACY = 0.82
+MIN_KIND_ACCURACY = {"color": 0.95, "count": 0.95, "where": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def test_uncompressed_accuracy_reaches_the_target(llava):
     items = [vqa_item("test", index) for index in range(TEST_SLICE)]
     scores = vqa_accuracy(llava, items)
     assert scores["all"] >= MIN_ACCURACY, scores
-    assert scores["count"] >= MIN_COUNT_ACCURACY, scores
+    for kind, least in MIN_KIND_ACCURACY.items():
+        assert scores[kind] >= least, (kind, scores)
 
 
 def test_batched_left_padded_answers_equal_one_at_a_time(llava):
