@@ -20,7 +20,9 @@ Two stages, as LLaVA itself is built:
    questions reach 99.6% after one cycle. Two cycles of 2000 steps, the second from the
    first's weights at half the peak learning rate.
 
-Run: ``python training/train_llava.py`` (tower 800 steps, then two cycles of 2000 steps).
+Run: ``python training/train_llava.py``: tower 800 steps (14 minutes, one thread on a busy
+2-core machine), then two cycles of 2000 steps (32 minutes alone on 2 cores; 56 with one
+thread beside another job), so about 80 minutes alone, over issue 15's 60-minute budget.
 ``--vqa-cycles N --resume-cycle K`` continues stage 2 from the checkpoint of cycle K - 1
 (kept in the git-ignored ``training/checkpoints/``). Writes the weights to
 ``leanvision/testing/trained/weights/llava.safetensors`` and the loss curves and history to

@@ -9,10 +9,12 @@ Two stages:
    from the pair, and the LM does the rest of the temporal reasoning.
 2. **Merger + LM.** The tower is frozen and its outputs are computed once; the merger and the
    M-RoPE Qwen2 LM learn to answer questions (loss on the answer tokens only). Every cached
-   scene is asked fresh questions each time it is drawn, worded as ``scenes.py`` words them.
+   scene is asked ``--turns`` fresh questions, worded as ``scenes.py`` words them, in one
+   conversation each time it is drawn; :func:`common.alignment_loss` makes each merged token
+   name the words that describe it (shape, colour, and cell or motion).
 
-Run: ``python training/train_qwen2_vl.py`` (60 minutes with ``--threads 1`` on 2 cores
-shared with two other training jobs). Writes the weights to
+Run: ``python training/train_qwen2_vl.py`` (63 minutes with ``--threads 1`` on 2 cores shared
+with one other training job: tower 600 steps, then 2000 LM steps). Writes the weights to
 ``leanvision/testing/trained/weights/qwen2_vl.safetensors`` and the loss history and plot to
 ``training/logs/qwen2_vl-loss.{json,png}``; prints validation and test accuracy per kind.
 """

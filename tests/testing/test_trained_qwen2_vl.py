@@ -21,15 +21,15 @@ pytestmark = pytest.mark.skipif(
 
 IMAGE_ITEMS = 64
 CLIP_ITEMS = 64
-# The shipped weights (training/train_qwen2_vl.py defaults) score 34/64 on these images and
-# 36/64 on these clips: well short of the 90% image target of issue 15 (questions that need
-# the shape of an object are near chance; colour, count and motion are learned). Answering
-# each kind's most common answer scores 28/64 and 35/64. The thresholds leave a margin for
-# float noise across CPUs and library versions; raise them when better weights ship.
-IMAGE_THRESHOLD = 0.45
-VIDEO_THRESHOLD = 0.5
+# The shipped weights (training/train_qwen2_vl.py defaults) score 35/64 on these images and
+# 54/64 on these clips: short of the 90% image target of issue 15 (count and colour are
+# learned; position is not, and existence is near its most common answer). Answering each
+# kind's most common answer scores 28/64 and 35/64. The thresholds leave a margin for float
+# noise across CPUs and library versions; raise them when better weights ship.
+IMAGE_THRESHOLD = 0.47
+VIDEO_THRESHOLD = 0.78
 # Kinds the model answers clearly better than their most common answer on these items.
-LEARNED_KINDS = {"image": ("count",), "video": ("motion",)}
+LEARNED_KINDS = {"image": ("count", "color"), "video": ("first", "motion")}
 
 
 def _assert_beats_majority(items, scores, kinds):
