@@ -31,6 +31,21 @@ def common_arguments(parser: argparse.ArgumentParser, seed: int = 0) -> argparse
     return parser
 
 
+def answer_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The VLM answer stage's ``--turns``, ``--align/--no-align`` and ``--bf16/--no-bf16``."""
+    parser.add_argument("--turns", type=int, default=4, help="questions per image or clip")
+    parser.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="align the projected media tokens with the words describing them",
+    )
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast"
+    )
+    return parser
+
+
 def setup(args: argparse.Namespace) -> float:
     """Seed torch and numpy, set the thread count; returns the start time."""
     torch.manual_seed(args.seed)

@@ -305,14 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vqa-cycles", type=int, default=2)
     parser.add_argument("--vqa-items", type=int, default=20000, help="distinct training items")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
-    parser.add_argument("--turns", type=int, default=4, help="questions per image (stage 2)")
-    parser.add_argument(
-        "--align",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="align projected patches with the words describing them (stage 2)",
-    )
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    common.answer_training_arguments(parser)
     parser.add_argument("--tower-lr", type=float, default=1e-3)
     parser.add_argument("--vqa-lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)

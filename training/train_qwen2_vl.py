@@ -349,14 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-items", type=int, default=300, help="per split and media")
-    parser.add_argument("--turns", type=int, default=4, help="questions per image or clip")
-    parser.add_argument(
-        "--align",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="align merged tokens with the words describing them (stage 2)",
-    )
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    common.answer_training_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=None, help="weights folder (default: shipped)")
