@@ -157,6 +157,29 @@ class Turns:
         return torch.cat([ids for ids, _ in parts]), torch.cat([labels for _, labels in parts])
 
 
+def collate(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, labels and mask of :class:`Turns` rows (positions then start at 0 in
+    every row, as in left-padded generation, whose positions count only real tokens)."""
+    length = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), length), pad_id)
+    labels = torch.full((len(rows), length), -100)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, (row_ids, row_labels) in enumerate(rows):
+        ids[row, : len(row_ids)] = row_ids
+        labels[row, : len(row_ids)] = row_labels
+        mask[row, : len(row_ids)] = 1
+    return ids, labels, mask
+
+
+def answer_loss(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (answer) positions only."""
+    target = labels[:, 1:]
+    keep = target != -100
+    return F.cross_entropy(lm_head(hidden[:, :-1][keep]).float(), target[keep])
+
+
 class EMA:
     """Exponential moving average of a module's floating-point state."""
 

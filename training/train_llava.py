@@ -207,20 +207,6 @@ def cache_features(model, tokenizer, items, chunk: int = 256) -> tuple[torch.Ten
     return torch.cat(features), torch.cat(words)
 
 
-def collate(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, labels and mask (positions then start at 0 in every row, as in
-    left-padded generation, whose positions count only real tokens)."""
-    length = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), length), pad_id)
-    labels = torch.full((len(rows), length), -100)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for row, (row_ids, row_labels) in enumerate(rows):
-        ids[row, : len(row_ids)] = row_ids
-        labels[row, : len(row_ids)] = row_labels
-        mask[row, : len(row_ids)] = 1
-    return ids, labels, mask
-
-
 def vqa_loss(model, features, ids, labels, mask, words=None) -> torch.Tensor:
     """LLaVA's forward from cached tower features: project, scatter into the image slots; the
     cross-entropy of the answer tokens, plus :func:`common.alignment_loss` of the projected
@@ -231,10 +217,7 @@ def vqa_loss(model, features, ids, labels, mask, words=None) -> torch.Tensor:
     slots = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(slots, projected.to(embeds.dtype))
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask)
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = model.lm_head(hidden.last_hidden_state[:, :-1][keep]).float()
-    loss = F.cross_entropy(logits, target[keep])
+    loss = common.answer_loss(model.lm_head, hidden.last_hidden_state, labels)
     if words is None:
         return loss
     return loss + common.alignment_loss(projected, words, table)
@@ -278,7 +261,7 @@ def train_vqa(model, processor, args, cycle: int) -> None:
         ]
         with common.autocast(args.bf16):
             align = words[picks] if args.align else None
-            loss = vqa_loss(model, features[picks], *collate(rows, pad_id), words=align)
+            loss = vqa_loss(model, features[picks], *common.collate(rows, pad_id), words=align)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,7 +270,7 @@ def train_vqa(model, processor, args, cycle: int) -> None:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.vqa_steps:
             model.eval()
             with torch.no_grad(), common.autocast(args.bf16):
-                val_loss = vqa_loss(model, val_features, *collate(val_rows, pad_id)).item()
+                val_loss = vqa_loss(model, val_features, *common.collate(val_rows, pad_id)).item()
             history["eval_step"].append(step)
             history["eval_loss"].append(val_loss)
             progress.set_postfix(val_loss=f"{val_loss:.4f}")

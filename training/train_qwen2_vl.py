@@ -207,23 +207,10 @@ def token_words(item, word_ids) -> torch.Tensor:
     return torch.stack(words, dim=-1)
 
 
-def collate(rows, pad_id: int):
-    """Right-padded ids, labels and mask (positions start at 0 in every row)."""
-    length = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), length), pad_id)
-    labels = torch.full((len(rows), length), -100)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for index, (row_ids, row_labels) in enumerate(rows):
-        ids[index, : len(row_ids)] = row_ids
-        labels[index, : len(row_ids)] = row_labels
-        mask[index, : len(row_ids)] = 1
-    return ids, labels, mask
-
-
 def vqa_loss(model, hidden, rows, video: bool, pad_id: int, words=None) -> torch.Tensor:
     """Qwen2-VL's forward from cached tower outputs: merge, scatter, M-RoPE; the answer
     cross-entropy, plus :func:`common.alignment_loss` of the merged tokens given ``words``."""
-    ids, labels, mask = collate(rows, pad_id)
+    ids, labels, mask = common.collate(rows, pad_id)
     config = model.config
     types = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
     groups = QWEN2_VL_SHAPE.video_frames // 2 if video else 1
@@ -237,10 +224,7 @@ def vqa_loss(model, hidden, rows, video: bool, pad_id: int, words=None) -> torch
     out = model.model.language_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=positions
     )
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = model.lm_head(out.last_hidden_state[:, :-1][keep]).float()
-    loss = F.cross_entropy(logits, target[keep])
+    loss = common.answer_loss(model.lm_head, out.last_hidden_state, labels)
     if words is None:
         return loss
     embeddings = model.get_input_embeddings()
